@@ -1,0 +1,48 @@
+"""castore: a content-addressed blob store for asyncio.
+
+Blobs are addressed by their BLAKE3 digest, cut into chunks by FastCDC 2020, stored as
+zstd-compressed objects through obstore, and served over tvix's gRPC ``BlobService``.
+Start with :func:`from_addr`.
+"""
+
+from __future__ import annotations
+
+from castore._digest import EMPTY_DIGEST, B3Digest, ChunkMeta
+from castore.blobservice import BlobReader, BlobService, BlobWriter
+from castore.chunkedreader import ChunkedReader
+from castore.errors import (
+    BlobNotFoundError,
+    CastoreError,
+    DataCorruptionError,
+    DigestMismatchError,
+    InvalidAddressError,
+    InvalidDigestError,
+    StoreError,
+    WriteAbortedError,
+    WriterClosedError,
+)
+from castore.memory import MemoryBlobService
+from castore.registry import from_addr, register_scheme
+
+__all__ = [
+    "EMPTY_DIGEST",
+    "B3Digest",
+    "BlobNotFoundError",
+    "BlobReader",
+    "BlobService",
+    "BlobWriter",
+    "CastoreError",
+    "ChunkMeta",
+    "ChunkedReader",
+    "DataCorruptionError",
+    "DigestMismatchError",
+    "InvalidAddressError",
+    "InvalidDigestError",
+    "MemoryBlobService",
+    "StoreError",
+    "WriteAbortedError",
+    "WriterClosedError",
+    "from_addr",
+    "register_scheme",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,258 @@
+"""The abstract interface: :class:`BlobService`, :class:`BlobReader`, :class:`BlobWriter`.
+
+These mirror the Rust ``BlobService`` trait of tvix/snix castore, async-only. ``None``
+means absent; exceptions (from :mod:`castore.errors`) mean failure.
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Self
+
+from castore._digest import B3Digest, ChunkMeta
+from castore.errors import CastoreError, WriteAbortedError, WriterClosedError
+
+__all__ = ["BlobReader", "BlobService", "BlobWriter", "BytesReader"]
+
+#: Block size for ``async for`` over a reader that has no natural blocks.
+DEFAULT_BLOCK = 256 * 1024
+
+
+class BlobReader(abc.ABC):
+    """A seekable reader over one blob's bytes; an async resource.
+
+    Every byte it returns has been verified against the blob's digest (per chunk for
+    chunked blobs, as the whole blob for a single-chunk blob).
+    """
+
+    @abc.abstractmethod
+    async def read(self, n: int = -1) -> bytes:
+        """Read up to ``n`` bytes (all remaining when ``n < 0``); ``b""`` at the end.
+
+        Fewer than ``n`` bytes are returned only at the end of the blob.
+        """
+
+    @abc.abstractmethod
+    async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move the position; returns the new absolute position."""
+
+    @abc.abstractmethod
+    def tell(self) -> int:
+        """The current position."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook with a sensible default
+        """Release what the reader holds (prefetches, connections)."""
+
+    async def readinto(self, buf: bytearray | memoryview) -> int:
+        """Read into ``buf``; returns the number of bytes written to it."""
+        view = memoryview(buf).cast("B")
+        data = await self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    async def readall(self) -> bytes:
+        """Everything from the current position to the end."""
+        return await self.read(-1)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._blocks()
+
+    async def _blocks(self) -> AsyncIterator[bytes]:
+        while block := await self.read(DEFAULT_BLOCK):
+            yield block
+
+
+class BlobWriter(abc.ABC):
+    """Accepts a blob's bytes; :meth:`close` stores it and returns its digest.
+
+    Subclasses implement :meth:`_write`, :meth:`_finish` and :meth:`_abort`; this class
+    keeps the state machine every writer shares: writing after close raises
+    :class:`~castore.errors.WriterClosedError`; a second :meth:`close` returns the cached
+    digest or raises the cached error again; ``async with`` closes on a clean exit and
+    aborts (storing nothing) on an exception.
+    """
+
+    _digest: B3Digest | None = None
+    _error: BaseException | None = None
+    _closed: bool = False
+    _aborted: bool = False
+
+    async def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``; returns ``len(data)``. May wait (backpressure)."""
+        if self._closed:
+            raise WriterClosedError("write() on a closed writer")
+        n = len(memoryview(data).cast("B"))
+        if n == 0:
+            return 0
+        try:
+            await self._write(data)
+        except BaseException as e:
+            # A failed or cancelled write poisons the writer: close() must not store a
+            # blob that lacks bytes the caller believes were written.
+            self._closed = True
+            self._aborted = True
+            self._error = (
+                e
+                if isinstance(e, CastoreError | OSError)
+                else WriteAbortedError(f"a write was interrupted ({type(e).__name__})")
+            )
+            await self._abort()
+            raise
+        return n
+
+    async def close(self) -> B3Digest:
+        """Finish the blob and return its digest (cached; safe to call again)."""
+        if self._closed:
+            return self._cached()
+        self._closed = True
+        try:
+            self._digest = await self._finish()
+        except BaseException as e:
+            self._error = e
+            await self._abort()
+            raise
+        return self._digest
+
+    async def abort(self) -> None:
+        """Discard the blob: no index is written. Idempotent; a no-op after a close."""
+        if self._closed:
+            return
+        self._closed = True
+        self._aborted = True
+        self._error = WriteAbortedError("the writer was aborted; nothing was stored")
+        await self._abort()
+
+    def _cached(self) -> B3Digest:
+        if self._digest is not None:
+            return self._digest
+        if self._error is not None:
+            raise self._error
+        raise WriteAbortedError("the writer is closing")
+
+    @abc.abstractmethod
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        """Accept non-empty data. The writer may keep a reference only to a copy."""
+
+    @abc.abstractmethod
+    async def _finish(self) -> B3Digest:
+        """Store everything written and return the digest."""
+
+    @abc.abstractmethod
+    async def _abort(self) -> None:
+        """Drop everything; must be idempotent and must not raise."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self.close()
+        else:
+            await self.abort()
+
+
+class BlobService(abc.ABC):
+    """A content-addressed blob store, addressed by BLAKE3 digest."""
+
+    @abc.abstractmethod
+    async def has(self, digest: B3Digest) -> bool:
+        """True if the blob is stored (on chunking backends, also for a chunk digest)."""
+
+    @abc.abstractmethod
+    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+        """A reader over the blob, or ``None`` if it is not stored."""
+
+    @abc.abstractmethod
+    async def open_write(self) -> BlobWriter:
+        """A new writer. Never fails here: errors surface on ``write`` or ``close``."""
+
+    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+        """The blob's chunks: ``None`` if absent, ``[]`` if stored with no finer chunking."""
+        return [] if await self.has(digest) else None
+
+    async def put(self, data: bytes | bytearray | memoryview) -> B3Digest:
+        """Convenience: write ``data`` as one blob and return its digest."""
+        async with await self.open_write() as w:
+            await w.write(data)
+        return await w.close()
+
+    async def get(self, digest: B3Digest) -> bytes | None:
+        """Convenience: the whole blob, or ``None`` if it is not stored."""
+        reader = await self.open_read(digest)
+        if reader is None:
+            return None
+        async with reader:
+            return await reader.read()
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook with a sensible default
+        """Release connections and background resources."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class BytesReader(BlobReader):
+    """A cursor over bytes already in memory (and already verified)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        start = self._pos
+        end = len(self._data) if n < 0 else min(len(self._data), start + n)
+        if end <= start:
+            return b""
+        self._pos = end
+        return self._data[start:end]
+
+    async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = _seek_target(offset, whence, self._pos, len(self._data))
+        self._pos = target  # past the end is allowed and reads b""
+        return target
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _seek_target(offset: int, whence: int, pos: int, length: int) -> int:
+    from castore.errors import InvalidSeekError
+
+    if whence == io.SEEK_SET:
+        target = offset
+    elif whence == io.SEEK_CUR:
+        target = pos + offset
+    elif whence == io.SEEK_END:
+        target = length + offset
+    else:
+        raise InvalidSeekError(f"invalid whence {whence!r} (expected 0, 1 or 2)")
+    if target < 0:
+        raise InvalidSeekError(f"seek to negative position {target}")
+    return target

@@ -1,0 +1,141 @@
+"""castore's exceptions, in one tree.
+
+Every error castore raises on purpose is a :class:`CastoreError`. Where a builtin
+exception fits, the castore error inherits it too, so ``except FileNotFoundError`` or
+``except ValueError`` keeps working for callers who don't know castore::
+
+    CastoreError
+    ├── InvalidDigestError            (ValueError)  not 32 bytes, or unparseable text
+    ├── InvalidAddressError           (ValueError)  a bad from_addr URL or option
+    ├── InvalidSeekError              (ValueError)  negative or past-the-end seek target
+    ├── WriterClosedError             (ValueError)  write() after close() or abort()
+    ├── WriteAbortedError                           close() on a writer that was aborted
+    ├── BlobNotFoundError             (FileNotFoundError)
+    │                                               a blob or chunk vanished mid-read
+    ├── DataCorruptionError                         stored bytes are not what they claim
+    │   ├── DigestMismatchError                     BLAKE3 or size differs from the address
+    │   ├── DecompressionError                      not a valid zstd frame
+    │   │   └── DecompressionBombError              frame declares or yields too much
+    │   └── MalformedIndexError                     a blob index that does not decode
+    └── StoreError                    (OSError)     the backend failed
+        ├── StoreUnavailableError     (ConnectionError)
+        ├── StoreTimeoutError         (TimeoutError)
+        └── StorePermissionError      (PermissionError)
+
+Foreign exceptions (obstore, zstandard, protobuf, gRPC) are translated to this tree at
+the backend boundary; :func:`castore.errors.translate_store_error` is the one place that
+maps obstore's. Absence is not an error: ``open_read`` and ``chunks`` return ``None``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlobNotFoundError",
+    "CastoreError",
+    "DataCorruptionError",
+    "DecompressionBombError",
+    "DecompressionError",
+    "DigestMismatchError",
+    "InvalidAddressError",
+    "InvalidDigestError",
+    "InvalidSeekError",
+    "MalformedIndexError",
+    "StoreError",
+    "StorePermissionError",
+    "StoreTimeoutError",
+    "StoreUnavailableError",
+    "WriteAbortedError",
+    "WriterClosedError",
+    "translate_store_error",
+]
+
+
+class CastoreError(Exception):
+    """Base of every error castore raises on purpose."""
+
+
+class InvalidDigestError(CastoreError, ValueError):
+    """A digest that is not 32 bytes, or text that is not a digest."""
+
+
+class InvalidAddressError(CastoreError, ValueError):
+    """A service URL or option that castore cannot use."""
+
+
+class InvalidSeekError(CastoreError, ValueError):
+    """A seek to a negative offset, or past the end of a chunked blob."""
+
+
+class WriterClosedError(CastoreError, ValueError):
+    """``write`` was called on a writer that is closed or aborted."""
+
+
+class WriteAbortedError(CastoreError):
+    """``close`` was called on a writer that was aborted; nothing was stored."""
+
+
+class BlobNotFoundError(CastoreError, FileNotFoundError):
+    """A blob or chunk that should exist is missing (for example, mid-read)."""
+
+
+class DataCorruptionError(CastoreError):
+    """Stored bytes do not match their address; castore refuses to return them."""
+
+
+class DigestMismatchError(DataCorruptionError):
+    """Data whose BLAKE3 digest or length differs from the one it is stored under."""
+
+
+class DecompressionError(DataCorruptionError):
+    """A chunk object that is not one valid zstd frame."""
+
+
+class DecompressionBombError(DecompressionError):
+    """A chunk whose frame declares, or expands to, more than a chunk may hold."""
+
+
+class MalformedIndexError(DataCorruptionError):
+    """A blob index that does not decode or lists impossible chunks."""
+
+
+class StoreError(CastoreError, OSError):
+    """The underlying store failed (I/O, network, service error)."""
+
+
+class StoreUnavailableError(StoreError, ConnectionError):
+    """The store could not be reached."""
+
+
+class StoreTimeoutError(StoreError, TimeoutError):
+    """The store did not answer in time."""
+
+
+class StorePermissionError(StoreError, PermissionError):
+    """The store refused the credentials or the operation."""
+
+
+def translate_store_error(exc: BaseException, what: str) -> CastoreError:
+    """Map an exception raised by an obstore call to castore's tree.
+
+    ``what`` names the operation and key, for the message. Errors already in castore's
+    tree are returned unchanged.
+    """
+    if isinstance(exc, CastoreError):
+        return exc
+    name = type(exc).__name__
+    text = f"{what}: {name}: {exc}"
+    if isinstance(exc, FileNotFoundError) or name == "NotFoundError":
+        return BlobNotFoundError(text)
+    if isinstance(exc, PermissionError) or name in ("PermissionDeniedError", "UnauthenticatedError"):
+        return StorePermissionError(text)
+    if isinstance(exc, TimeoutError):
+        return StoreTimeoutError(text)
+    if isinstance(exc, ConnectionError):
+        return StoreUnavailableError(text)
+    lowered = str(exc).lower()
+    if any(s in lowered for s in ("connection refused", "connect error", "error sending request",
+                                  "connection reset", "dns error", "broken pipe")):
+        return StoreUnavailableError(text)
+    if "timed out" in lowered or "timeout" in lowered:
+        return StoreTimeoutError(text)
+    return StoreError(text)
