@@ -1,0 +1,74 @@
+"""Shared test setup.
+
+Every ``async def`` test runs under anyio's pytest plugin on asyncio. Two guards watch
+the event loop in every async test: blockbuster fails a test when castore's code makes
+a blocking call (file, socket, sleep) on the loop, and a slow-callback monitor fails it
+when one step of the loop runs longer than ``CASTORE_MAX_LOOP_STALL`` seconds (CPU work
+that belongs in a worker thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+from collections.abc import Iterator
+
+import pytest
+from blockbuster import blockbuster_ctx
+
+MAX_LOOP_STALL = float(os.environ.get("CASTORE_MAX_LOOP_STALL", "0.5"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is not None and inspect.iscoroutinefunction(fn):
+            item.add_marker(pytest.mark.anyio)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class _StallWatcher(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.stalls: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("Executing") and " took " in msg:
+            self.stalls.append(msg)
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_in_castore(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail async tests in which castore blocks the event loop."""
+    fn = getattr(request.node, "function", None)
+    if fn is None or not inspect.iscoroutinefunction(fn) or "allow_blocking" in request.keywords:
+        yield
+        return
+    watcher = _StallWatcher()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(watcher)
+    policy = asyncio.get_event_loop_policy()
+    original = policy.new_event_loop
+
+    def new_loop() -> asyncio.AbstractEventLoop:
+        loop = original()
+        loop.slow_callback_duration = MAX_LOOP_STALL
+        loop.set_debug(True)
+        return loop
+
+    policy.new_event_loop = new_loop  # type: ignore[method-assign]
+    try:
+        with blockbuster_ctx(["castore"], excluded_modules=["castore.testing"]):
+            yield
+    finally:
+        policy.new_event_loop = original  # type: ignore[method-assign]
+        logger.removeHandler(watcher)
+    if watcher.stalls:
+        pytest.fail("the event loop stalled:\n" + "\n".join(watcher.stalls[:5]))
