@@ -29,9 +29,7 @@ class B3Digest:
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         raw = bytes(data)
         if len(raw) != DIGEST_LEN:
-            raise InvalidDigestError(
-                f"a BLAKE3 digest is {DIGEST_LEN} bytes, got {len(raw)}"
-            )
+            raise InvalidDigestError(f"a BLAKE3 digest is {DIGEST_LEN} bytes, got {len(raw)}")
         object.__setattr__(self, "digest", raw)
 
     @classmethod

@@ -126,15 +126,27 @@ def translate_store_error(exc: BaseException, what: str) -> CastoreError:
     text = f"{what}: {name}: {exc}"
     if isinstance(exc, FileNotFoundError) or name == "NotFoundError":
         return BlobNotFoundError(text)
-    if isinstance(exc, PermissionError) or name in ("PermissionDeniedError", "UnauthenticatedError"):
+    if isinstance(exc, PermissionError) or name in (
+        "PermissionDeniedError",
+        "UnauthenticatedError",
+    ):
         return StorePermissionError(text)
     if isinstance(exc, TimeoutError):
         return StoreTimeoutError(text)
     if isinstance(exc, ConnectionError):
         return StoreUnavailableError(text)
     lowered = str(exc).lower()
-    if any(s in lowered for s in ("connection refused", "connect error", "error sending request",
-                                  "connection reset", "dns error", "broken pipe")):
+    if any(
+        s in lowered
+        for s in (
+            "connection refused",
+            "connect error",
+            "error sending request",
+            "connection reset",
+            "dns error",
+            "broken pipe",
+        )
+    ):
         return StoreUnavailableError(text)
     if "timed out" in lowered or "timeout" in lowered:
         return StoreTimeoutError(text)

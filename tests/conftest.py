@@ -1,10 +1,10 @@
 """Shared test setup.
 
-Every ``async def`` test runs under anyio's pytest plugin on asyncio. Two guards watch
-the event loop in every async test: blockbuster fails a test when castore's code makes
-a blocking call (file, socket, sleep) on the loop, and a slow-callback monitor fails it
-when one step of the loop runs longer than ``CASTORE_MAX_LOOP_STALL`` seconds (CPU work
-that belongs in a worker thread).
+Every ``async def`` test runs under anyio's pytest plugin on asyncio (``anyio_mode =
+"auto"`` in pyproject.toml). Two guards watch the event loop in every async test:
+blockbuster fails a test when castore's code makes a blocking call (file, socket, sleep)
+on the loop, and a slow-callback monitor fails it when one step of the loop runs longer
+than ``CASTORE_MAX_LOOP_STALL`` seconds (CPU work that belongs in a worker thread).
 """
 
 from __future__ import annotations
@@ -19,13 +19,6 @@ import pytest
 from blockbuster import blockbuster_ctx
 
 MAX_LOOP_STALL = float(os.environ.get("CASTORE_MAX_LOOP_STALL", "0.5"))
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        fn = getattr(item, "function", None)
-        if fn is not None and inspect.iscoroutinefunction(fn):
-            item.add_marker(pytest.mark.anyio)
 
 
 @pytest.fixture
@@ -48,6 +41,7 @@ class _StallWatcher(logging.Handler):
 def no_blocking_in_castore(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail async tests in which castore blocks the event loop."""
     fn = getattr(request.node, "function", None)
+    fn = getattr(getattr(fn, "hypothesis", None), "inner_test", fn)
     if fn is None or not inspect.iscoroutinefunction(fn) or "allow_blocking" in request.keywords:
         yield
         return

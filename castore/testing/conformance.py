@@ -1,0 +1,302 @@
+"""The conformance suite: the behaviour every :class:`~castore.BlobService` shares.
+
+Subclass :class:`BlobServiceConformance` in a test module and override the ``service``
+fixture to yield a fresh, empty service::
+
+    class TestMyBackend(BlobServiceConformance):
+        @pytest.fixture
+        async def service(self) -> AsyncIterator[BlobService]:
+            async with MyBackend(...) as svc:
+                yield svc
+
+The async tests need an async pytest plugin; castore's own suite uses anyio's (mark the
+tests with ``pytest.mark.anyio``, or let a conftest hook do it). The suite holds Rust
+tvix-castore's shared blob-service tests (DESIGN section 6) and castore's additions:
+the empty blob, chunk lists, the writer's state machine, concurrent writers, a large
+round trip and random seeks checked against the bytes (Hypothesis).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from collections.abc import AsyncIterator
+
+import anyio
+import blake3
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from castore._digest import EMPTY_DIGEST, B3Digest
+from castore.blobservice import BlobService
+from castore.errors import WriteAbortedError, WriterClosedError
+from castore.testing.fixtures import BLOB_A, BLOB_A_DIGEST, BLOB_B, BLOB_B_DIGEST
+
+__all__ = ["BlobServiceConformance", "pseudo_random_bytes"]
+
+MISSING = B3Digest.of(b"castore conformance: never written")
+
+
+def pseudo_random_bytes(n: int, seed: int = 0) -> bytes:
+    """``n`` incompressible bytes, reproducible from ``seed``."""
+    return random.Random(seed).randbytes(n)
+
+
+class _Boom(Exception):
+    pass
+
+
+async def _write_pieces(service: BlobService, data: bytes, piece: int) -> B3Digest:
+    writer = await service.open_write()
+    view = memoryview(data)
+    for i in range(0, len(data), piece):
+        await writer.write(view[i : i + piece])
+    return await writer.close()
+
+
+class BlobServiceConformance:
+    """Tests every BlobService passes. Override :meth:`service`."""
+
+    #: Size of the large round-trip blob; 64 MiB as the suite specifies.
+    large_blob_size: int = 64 * 1024 * 1024
+
+    @pytest.fixture
+    async def service(self) -> AsyncIterator[BlobService]:
+        raise NotImplementedError("override the `service` fixture in your subclass")
+        yield  # pragma: no cover
+
+    # --- Rust's shared suite -------------------------------------------------------
+
+    async def test_has_missing(self, service: BlobService) -> None:
+        assert await service.has(MISSING) is False
+
+    async def test_chunks_missing(self, service: BlobService) -> None:
+        assert await service.chunks(MISSING) is None
+
+    async def test_open_read_missing(self, service: BlobService) -> None:
+        assert await service.open_read(MISSING) is None
+
+    @pytest.mark.parametrize(
+        ("blob", "digest"), [(BLOB_A, BLOB_A_DIGEST), (BLOB_B, BLOB_B_DIGEST)], ids=["A", "B"]
+    )
+    async def test_put_has_get(self, service: BlobService, blob: bytes, digest: B3Digest) -> None:
+        writer = await service.open_write()
+        assert await writer.write(blob) == len(blob)
+        assert await writer.close() == digest
+        assert await service.has(digest)
+        reader = await service.open_read(digest)
+        assert reader is not None
+        async with reader:
+            assert await reader.read() == blob
+            assert await reader.read() == b""
+
+    async def test_seek_walk(self, service: BlobService) -> None:
+        b = BLOB_B
+        assert await service.put(b) == BLOB_B_DIGEST
+        reader = await service.open_read(BLOB_B_DIGEST)
+        assert reader is not None
+        async with reader:
+            assert await reader.read(10) == b[0:10]
+            assert await reader.seek(10) == 10
+            assert await reader.read(10) == b[10:20]
+            assert await reader.seek(25) == 25
+            assert await reader.read(10) == b[25:35]
+            assert await reader.seek(12345, io.SEEK_CUR) == 12380
+            assert await reader.read(10) == b[12380:12390]
+            assert await reader.seek(len(b)) == len(b)
+            assert await reader.read() == b""
+            assert await reader.seek(-1, io.SEEK_END) == len(b) - 1
+            assert await reader.read() == b[-1:]
+
+    # --- castore's additions -------------------------------------------------------
+
+    async def test_empty_blob(self, service: BlobService) -> None:
+        # castore's rule: has(d) iff open_read(d) is not None, for the empty blob too.
+        assert await service.has(EMPTY_DIGEST) is False
+        assert await service.open_read(EMPTY_DIGEST) is None
+        writer = await service.open_write()
+        assert await writer.close() == EMPTY_DIGEST
+        assert await service.has(EMPTY_DIGEST)
+        assert await service.chunks(EMPTY_DIGEST) == []
+        reader = await service.open_read(EMPTY_DIGEST)
+        assert reader is not None
+        async with reader:
+            assert await reader.read() == b""
+
+    async def test_chunks_of_present_blob(self, service: BlobService) -> None:
+        data = pseudo_random_bytes(3 * 1024 * 1024 + 17, seed=1)
+        digest = await service.put(data)
+        chunks = await service.chunks(digest)
+        assert chunks is not None
+        if chunks:
+            assert sum(c.size for c in chunks) == len(data)
+            offset = 0
+            for c in chunks:
+                assert c.digest == B3Digest.of(data[offset : offset + c.size])
+                # A chunk is itself readable through the service, by its digest.
+                assert await service.has(c.digest)
+                reader = await service.open_read(c.digest)
+                assert reader is not None
+                async with reader:
+                    assert await reader.read() == data[offset : offset + c.size]
+                offset += c.size
+        small = await service.put(BLOB_A)
+        assert await service.chunks(small) == []
+
+    async def test_framing_does_not_matter(self, service: BlobService) -> None:
+        data = pseudo_random_bytes(1_500_000, seed=2)
+        whole = await service.put(data)
+        assert await _write_pieces(service, data, 4093) == whole
+        assert await _write_pieces(service, data[:5000], 1) == B3Digest.of(data[:5000])
+        assert whole == B3Digest.of(data)
+
+    async def test_close_twice(self, service: BlobService) -> None:
+        writer = await service.open_write()
+        await writer.write(b"twice")
+        first = await writer.close()
+        assert await writer.close() == first == B3Digest.of(b"twice")
+
+    async def test_write_after_close(self, service: BlobService) -> None:
+        writer = await service.open_write()
+        await writer.write(b"x")
+        await writer.close()
+        with pytest.raises(WriterClosedError):
+            await writer.write(b"y")
+
+    async def test_abort_in_async_with(self, service: BlobService) -> None:
+        data = pseudo_random_bytes(700_000, seed=3)
+        with pytest.raises(_Boom):
+            async with await service.open_write() as writer:
+                await writer.write(data)
+                raise _Boom
+        assert not await service.has(B3Digest.of(data))
+        with pytest.raises(WriteAbortedError):
+            await writer.close()
+        with pytest.raises(WriterClosedError):
+            await writer.write(b"more")
+
+    async def test_async_with_closes(self, service: BlobService) -> None:
+        async with await service.open_write() as writer:
+            await writer.write(BLOB_A)
+        assert await writer.close() == BLOB_A_DIGEST
+        assert await service.has(BLOB_A_DIGEST)
+
+    async def test_concurrent_writers(self, service: BlobService) -> None:
+        shared = pseudo_random_bytes(2_000_000, seed=4)
+        distinct = [pseudo_random_bytes(600_000, seed=100 + i) for i in range(6)]
+        results: dict[int, B3Digest] = {}
+
+        async def put(i: int, data: bytes, piece: int) -> None:
+            results[i] = await _write_pieces(service, data, piece)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(put, i, shared, 65536 + 997 * i)
+            for i, data in enumerate(distinct):
+                tg.start_soon(put, 10 + i, data, 100_000)
+        assert {results[i] for i in range(6)} == {B3Digest.of(shared)}
+        for i, data in enumerate(distinct):
+            assert results[10 + i] == B3Digest.of(data)
+        for data in [shared, *distinct]:
+            reader = await service.open_read(B3Digest.of(data))
+            assert reader is not None
+            async with reader:
+                assert await reader.read() == data
+
+    async def test_large_roundtrip(self, service: BlobService) -> None:
+        size = self.large_blob_size
+        block = pseudo_random_bytes(1 << 20, seed=5)
+        hasher = blake3.blake3()
+        writer = await service.open_write()
+        for i in range(size // len(block)):
+            piece = block[i % 7 :] + block[: i % 7]  # vary content a little between MiBs
+            hasher.update(piece)
+            await writer.write(piece)
+        digest = await writer.close()
+        assert digest.digest == hasher.digest()
+        reader = await service.open_read(digest)
+        assert reader is not None
+        check = blake3.blake3()
+        total = 0
+        async with reader:
+            async for part in reader:
+                check.update(part)
+                total += len(part)
+        assert total == size
+        assert check.digest() == digest.digest
+
+    async def test_readinto_and_iteration(self, service: BlobService) -> None:
+        data = pseudo_random_bytes(1_100_000, seed=6)
+        digest = await service.put(data)
+        reader = await service.open_read(digest)
+        assert reader is not None
+        async with reader:
+            buf = bytearray(1000)
+            assert await reader.readinto(buf) == 1000
+            assert bytes(buf) == data[:1000]
+            assert reader.tell() == 1000
+            rest = b"".join([part async for part in reader])
+            assert rest == data[1000:]
+
+    async def test_negative_seek_raises(self, service: BlobService) -> None:
+        digest = await service.put(BLOB_B)
+        reader = await service.open_read(digest)
+        assert reader is not None
+        async with reader:
+            with pytest.raises(ValueError):
+                await reader.seek(-1)
+            with pytest.raises(ValueError):
+                await reader.seek(-len(BLOB_B) - 1, io.SEEK_END)
+
+    @settings(
+        max_examples=int(os.environ.get("CASTORE_HYPOTHESIS_EXAMPLES", "40")),
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(
+        ops=st.lists(
+            st.one_of(
+                st.tuples(st.just("read"), st.integers(-1, 600_000)),
+                st.tuples(st.just("seek0"), st.integers(0, 2_200_000)),
+                st.tuples(st.just("seek1"), st.integers(-1_500_000, 1_500_000)),
+                st.tuples(st.just("seek2"), st.integers(-2_200_000, 10)),
+            ),
+            max_size=12,
+        )
+    )
+    async def test_random_seeks_and_reads(
+        self, service: BlobService, ops: list[tuple[str, int]]
+    ) -> None:
+        data = pseudo_random_bytes(2_097_152 + 4321, seed=7)
+        digest = B3Digest.of(data)
+        if not await service.has(digest):
+            assert await service.put(data) == digest
+        reader = await service.open_read(digest)
+        assert reader is not None
+        pos = 0
+        async with reader:
+            for kind, arg in ops:
+                if kind == "read":
+                    got = await reader.read(arg)
+                    want = data[pos:] if arg < 0 else data[pos : pos + arg]
+                    assert got == want
+                    pos += len(got)
+                else:
+                    whence = int(kind[-1])
+                    target = [arg, pos + arg, len(data) + arg][whence]
+                    if target < 0:
+                        with pytest.raises(ValueError):
+                            await reader.seek(arg, whence)
+                    elif target > len(data):
+                        # Plain cursors allow it (then read b""); chunked readers raise.
+                        try:
+                            assert await reader.seek(arg, whence) == target
+                            pos = target
+                        except ValueError:
+                            pass
+                    else:
+                        assert await reader.seek(arg, whence) == target
+                        pos = target
+                assert reader.tell() == pos
