@@ -1,0 +1,170 @@
+"""Value types, the error tree, the URL registry and the writer state machine."""
+
+from __future__ import annotations
+
+import pytest
+
+import castore
+from castore import B3Digest, ChunkMeta, InvalidAddressError, InvalidDigestError, from_addr
+from castore.errors import (
+    BlobNotFoundError,
+    CastoreError,
+    DataCorruptionError,
+    DecompressionBombError,
+    StoreError,
+    StorePermissionError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+    translate_store_error,
+)
+from castore.testing.fixtures import BLOB_A_DIGEST, HELLOWORLD, HELLOWORLD_DIGEST
+
+HEX = "5ca7815adcb484e9a136c11efe69c1d530176d549b5d18d038eb5280b4b3470c"
+
+
+@pytest.mark.parametrize("length", [0, 1, 31, 33, 64])
+def test_digest_length_is_checked(length: int) -> None:
+    with pytest.raises(InvalidDigestError, match=f"got {length}"):
+        B3Digest(b"\x00" * length)
+    with pytest.raises(ValueError):
+        B3Digest(b"\x00" * length)
+
+
+def test_digest_forms() -> None:
+    d = B3Digest.of(HELLOWORLD)
+    assert d == HELLOWORLD_DIGEST
+    assert d.hex() == HEX
+    assert bytes(d) == bytes.fromhex(HEX)
+    assert str(d) == "blake3-XKeBWty0hOmhNsEe/mnB1TAXbVSbXRjQOOtSgLSzRww="
+    assert B3Digest.parse(str(d)) == d
+    assert B3Digest.parse("b3:XKeBWty0hOmhNsEe/mnB1TAXbVSbXRjQOOtSgLSzRww=") == d
+    assert B3Digest.parse(HEX) == d
+    assert B3Digest.parse(HEX.upper()) == d
+    assert B3Digest.from_hex(HEX) == d
+    assert hash(d) == hash(B3Digest(bytes(d)))
+    assert sorted([d, BLOB_A_DIGEST]) == sorted([BLOB_A_DIGEST, d])
+    assert d != BLOB_A_DIGEST
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "zz" * 32,
+        HEX[:-1],
+        "blake3-!!!",
+        "blake3-AAAA",
+        "b3:" + "A" * 44,
+        "sha256-abc",
+        HEX + "0",
+    ],
+)
+def test_digest_parse_rejects(text: str) -> None:
+    with pytest.raises(InvalidDigestError):
+        B3Digest.parse(text)
+
+
+def test_digest_is_frozen() -> None:
+    d = B3Digest.of(b"x")
+    with pytest.raises(AttributeError):
+        d.digest = b"\x00" * 32  # type: ignore[misc]
+
+
+def test_chunkmeta() -> None:
+    c = ChunkMeta(BLOB_A_DIGEST, 2)
+    assert c.size == 2 and c.digest == BLOB_A_DIGEST
+    with pytest.raises(ValueError):
+        ChunkMeta(BLOB_A_DIGEST, -1)
+    with pytest.raises(InvalidDigestError):
+        ChunkMeta(b"\x00" * 32, 1)  # type: ignore[arg-type]
+
+
+def test_error_tree_builtin_parents() -> None:
+    assert issubclass(castore.BlobNotFoundError, FileNotFoundError)
+    assert issubclass(InvalidDigestError, ValueError)
+    assert issubclass(DecompressionBombError, DataCorruptionError)
+    assert issubclass(StoreUnavailableError, ConnectionError)
+    assert issubclass(StoreTimeoutError, TimeoutError)
+    assert issubclass(StorePermissionError, PermissionError)
+    assert all(
+        issubclass(e, CastoreError)
+        for e in (BlobNotFoundError, DataCorruptionError, StoreError, InvalidAddressError)
+    )
+
+
+def test_translate_store_error() -> None:
+    assert isinstance(translate_store_error(FileNotFoundError("k"), "get k"), BlobNotFoundError)
+    assert isinstance(translate_store_error(ConnectionRefusedError(), "put"), StoreUnavailableError)
+    assert isinstance(translate_store_error(TimeoutError(), "put"), StoreTimeoutError)
+    assert isinstance(translate_store_error(PermissionError(), "put"), StorePermissionError)
+    e = translate_store_error(RuntimeError("error sending request for url"), "put chunks/x")
+    assert isinstance(e, StoreUnavailableError) and "put chunks/x" in str(e)
+    generic = translate_store_error(RuntimeError("boom"), "head x")
+    assert type(generic) is StoreError
+    same = DataCorruptionError("x")
+    assert translate_store_error(same, "y") is same
+
+
+def test_from_addr_memory() -> None:
+    assert isinstance(from_addr("memory://"), castore.MemoryBlobService)
+    assert from_addr("memory://") is not from_addr("memory://")
+
+
+@pytest.mark.parametrize("url", ["memory://foo", "memory:///x", "memory://?a=b"])
+def test_from_addr_memory_rejects_extras(url: str) -> None:
+    with pytest.raises(InvalidAddressError, match="memory://"):
+        from_addr(url)
+
+
+@pytest.mark.parametrize("url", ["nope://x", "", "memory", "/tmp/x"])
+def test_from_addr_unknown(url: str) -> None:
+    with pytest.raises(InvalidAddressError, match="memory://"):
+        from_addr(url)
+
+
+async def test_close_reraises_cached_error() -> None:
+    class Failing(castore.BlobWriter):
+        async def _write(self, data: bytes | bytearray | memoryview) -> None:
+            pass
+
+        async def _finish(self) -> B3Digest:
+            raise StoreUnavailableError("down")
+
+        async def _abort(self) -> None:
+            pass
+
+    w = Failing()
+    await w.write(b"x")
+    with pytest.raises(StoreUnavailableError, match="down"):
+        await w.close()
+    with pytest.raises(StoreUnavailableError, match="down"):
+        await w.close()
+    with pytest.raises(castore.WriterClosedError):
+        await w.write(b"y")
+
+
+async def test_failed_write_poisons_writer() -> None:
+    class Flaky(castore.BlobWriter):
+        finished = False
+
+        async def _write(self, data: bytes | bytearray | memoryview) -> None:
+            raise StoreError("lost")
+
+        async def _finish(self) -> B3Digest:
+            self.finished = True
+            return B3Digest.of(b"")
+
+        async def _abort(self) -> None:
+            pass
+
+    w = Flaky()
+    with pytest.raises(StoreError):
+        await w.write(b"x")
+    with pytest.raises(StoreError, match="lost"):
+        await w.close()
+    assert not w.finished
+
+
+def test_public_names() -> None:
+    for name in castore.__all__:
+        assert hasattr(castore, name), name
