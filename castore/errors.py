@@ -7,6 +7,7 @@ exception fits, the castore error inherits it too, so ``except FileNotFoundError
     CastoreError
     ├── InvalidDigestError            (ValueError)  not 32 bytes, or unparseable text
     ├── InvalidAddressError           (ValueError)  a bad from_addr URL or option
+    │   └── ConfigError                             a composition file castore cannot use
     ├── InvalidSeekError              (ValueError)  negative or past-the-end seek target
     ├── WriterClosedError             (ValueError)  write() after close() or abort()
     ├── WriteAbortedError                           close() on a writer that was aborted
@@ -32,6 +33,7 @@ from __future__ import annotations
 __all__ = [
     "BlobNotFoundError",
     "CastoreError",
+    "ConfigError",
     "DataCorruptionError",
     "DecompressionBombError",
     "DecompressionError",
@@ -60,6 +62,19 @@ class InvalidDigestError(CastoreError, ValueError):
 
 class InvalidAddressError(CastoreError, ValueError):
     """A service URL or option that castore cannot use."""
+
+
+class ConfigError(InvalidAddressError):
+    """A composition file (see :mod:`castore.config`) that castore cannot use.
+
+    ``instance`` and ``key`` name the offending ``[blobservices.<instance>]`` entry and
+    key when there is one, so tools can point at the line.
+    """
+
+    def __init__(self, message: str, *, instance: str | None = None, key: str | None = None):
+        super().__init__(message)
+        self.instance = instance
+        self.key = key
 
 
 class InvalidSeekError(CastoreError, ValueError):
