@@ -264,7 +264,9 @@ class SeaweedFS:
                 self._wait_ready(timeout)
             except SeaweedFSError:
                 self.kill()
-                if attempt + 1 < attempts and "address already in use" in self._log_tail():
+                tail = self._log_tail()
+                clash = "Port allocation failed" in tail or "address already in use" in tail
+                if attempt + 1 < attempts and clash:
                     continue
                 raise
             self._ports_fixed = True
@@ -353,7 +355,9 @@ class SeaweedFS:
                     return status, body
             time.sleep(0.1)
 
-    def _request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    def _request(
+        self, method: str, path: str, body: bytes = b"", timeout: float = 10.0
+    ) -> tuple[int, bytes]:
         """One request signed with AWS Signature Version 4 (header form, no query)."""
         host = f"{_HOST}:{self.ports.s3}"
         now = datetime.datetime.now(datetime.UTC)
@@ -384,7 +388,7 @@ class SeaweedFS:
             f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
             f"SignedHeaders={signed}, Signature={signature}"
         )
-        conn = http.client.HTTPConnection(_HOST, self.ports.s3, timeout=10)
+        conn = http.client.HTTPConnection(_HOST, self.ports.s3, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
@@ -455,9 +459,9 @@ class SeaweedFS:
                     f"end of {self.log_path}:\n{self._log_tail()}"
                 )
             try:
-                status, body = self._request("GET", "/")
+                status, body = self._request("GET", "/", timeout=2.0)
             except OSError as e:
-                last_error = str(e)
+                last_error = str(e) or type(e).__name__
             else:
                 if status == 200:
                     return
