@@ -1,0 +1,488 @@
+"""The HTTP gateway (``castore.http``) over real sockets: uvicorn in-process, httpx, curl.
+
+Every test that talks HTTP starts uvicorn on a free loopback port with the gateway in front
+of a real service: memory, ``objectstore+file://`` and SeaweedFS S3 (the plugin's
+``castore_memory``, ``castore_local`` and ``castore_s3`` fixtures). Ranges are checked
+against the bytes that were uploaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import shutil
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import anyio
+import httpx
+import pytest
+import uvicorn
+
+from castore import B3Digest, BlobService, MemoryBlobService
+from castore.blobservice import BlobReader, BlobWriter
+from castore.http import UNSATISFIABLE, app, parse_range
+from castore.registry import registered_schemes
+from castore.testing.conformance import pseudo_random_bytes
+
+# --- helpers -------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving(asgi: object, **config: object) -> AsyncIterator[str]:
+    """Run ``asgi`` on uvicorn at 127.0.0.1 on a free port; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(asgi, log_level="warning", access_log=False, **config)  # type: ignore[arg-type]
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        with anyio.fail_after(10):
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+                await anyio.sleep(0.005)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+    sock.close()
+
+
+class _CountingReader(BlobReader):
+    def __init__(self, inner: BlobReader, owner: Watched) -> None:
+        self._inner = inner
+        self._owner = owner
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await self._inner.read(n)
+        self._owner.bytes_read += len(data)
+        return data
+
+    async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return await self._inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    async def aclose(self) -> None:
+        self._owner.open_readers -= 1
+        await self._inner.aclose()
+
+
+class _TrackedWriter(BlobWriter):
+    def __init__(self, inner: BlobWriter, owner: Watched) -> None:
+        self._inner = inner
+        self._owner = owner
+
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.write(data)
+
+    async def _finish(self) -> B3Digest:
+        digest = await self._inner.close()
+        self._owner.writers_closed += 1
+        return digest
+
+    async def _abort(self) -> None:
+        await self._inner.abort()
+        self._owner.writers_aborted += 1
+
+
+class Watched(BlobService):
+    """Passes everything to ``inner`` and counts what the gateway asks of it."""
+
+    def __init__(self, inner: BlobService) -> None:
+        self.inner = inner
+        self.bytes_read = 0
+        self.open_readers = 0
+        self.writers_closed = 0
+        self.writers_aborted = 0
+
+    async def has(self, digest: B3Digest) -> bool:
+        return await self.inner.has(digest)
+
+    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+        reader = await self.inner.open_read(digest)
+        if reader is None:
+            return None
+        self.open_readers += 1
+        return _CountingReader(reader, self)
+
+    async def open_write(self) -> BlobWriter:
+        return _TrackedWriter(await self.inner.open_write(), self)
+
+    async def chunks(self, digest: B3Digest) -> list:  # type: ignore[type-arg]
+        return await self.inner.chunks(digest)  # type: ignore[return-value]
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll ``condition()`` until it is true (the server's tasks change what it reads)."""
+    with anyio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+
+def _objectstore_ready() -> bool:
+    return "objectstore+file" in registered_schemes()
+
+
+@pytest.fixture(params=["memory", "local", "s3"])
+def service(request: pytest.FixtureRequest) -> BlobService:
+    """A fresh service on each backend, from the castore pytest plugin's fixtures."""
+    name = request.param
+    if name != "memory" and not _objectstore_ready():
+        pytest.skip("the objectstore backend is not available in this checkout")
+    svc: BlobService = request.getfixturevalue(f"castore_{name}")
+    return svc
+
+
+@pytest.fixture
+async def client(service: BlobService) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client of the gateway in front of ``service``, served by uvicorn."""
+    async with serving(app(service)) as base, httpx.AsyncClient(base_url=base) as client:
+        yield client
+
+
+# Large enough to span many 256 KiB-average chunks on the objectstore backend.
+DATA = pseudo_random_bytes(3 * 1024 * 1024 + 12345, seed=70)
+DATA_DIGEST = B3Digest.of(DATA)
+
+
+# --- parse_range (no sockets) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "length", "expected"),
+    [
+        ("bytes=0-0", 10, (0, 1)),
+        ("bytes=2-5", 10, (2, 6)),
+        ("bytes=2-", 10, (2, 10)),
+        ("bytes=-3", 10, (7, 10)),
+        ("bytes=-30", 10, (0, 10)),
+        ("bytes=5-100", 10, (5, 10)),
+        ("BYTES = 1-2", 10, (1, 3)),
+        ("bytes=9-9", 10, (9, 10)),
+        ("bytes=10-", 10, UNSATISFIABLE),
+        ("bytes=10-20", 10, UNSATISFIABLE),
+        ("bytes=5-2", 10, UNSATISFIABLE),
+        ("bytes=-0", 10, UNSATISFIABLE),
+        ("bytes=0-", 0, UNSATISFIABLE),
+        ("bytes=-5", 0, UNSATISFIABLE),
+        ("bytes=99999999999999999999999999-", 10, UNSATISFIABLE),
+        ("bytes=0-99999999999999999999999999", 10, (0, 10)),
+        ("bytes=0-1,4-5", 10, None),  # several ranges: the whole blob
+        ("items=0-1", 10, None),
+        ("bytes=a-b", 10, None),
+        ("bytes=1", 10, None),
+        ("bytes=", 10, None),
+        ("bytes=-", 10, None),
+        ("bytes=+1-2", 10, None),
+        ("bytes=\u0661-2", 10, None),  # an Arabic-Indic digit is not a digit here
+        ("0-5", 10, None),
+    ],
+)
+def test_parse_range(header: str, length: int, expected: object) -> None:
+    assert parse_range(header, length) == expected
+
+
+def test_app_rejects_bad_limits() -> None:
+    with pytest.raises(ValueError):
+        app(MemoryBlobService(), max_upload=-1)
+    with pytest.raises(ValueError):
+        app(MemoryBlobService(), piece_size=0)
+
+
+# --- over sockets, on every backend --------------------------------------------------
+
+
+async def test_upload_then_download(client: httpx.AsyncClient) -> None:
+    r = await client.put("/blobs", content=DATA)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body == {"digest": str(DATA_DIGEST), "hex": DATA_DIGEST.hex(), "size": len(DATA)}
+    assert r.headers["location"] == f"/blobs/{DATA_DIGEST.hex()}"
+
+    r = await client.get(r.headers["location"])
+    assert r.status_code == 200
+    assert r.content == DATA
+    assert r.headers["content-length"] == str(len(DATA))
+    assert r.headers["etag"] == f'"{DATA_DIGEST.hex()}"'
+    assert r.headers["accept-ranges"] == "bytes"
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert "immutable" in r.headers["cache-control"]
+
+    # The blake3-<base64> form, URL-encoded, names the same blob.
+    r = await client.head(f"/blobs/{quote(str(DATA_DIGEST), safe='')}")
+    assert r.status_code == 200
+    assert r.headers["content-length"] == str(len(DATA))
+    assert r.content == b""
+
+    # POST works too; a streamed body with no Content-Length (chunked encoding) as well.
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, 200_000, 7_000):
+            yield DATA[i : min(i + 7_000, 200_000)]
+
+    r = await client.post("/blobs", content=pieces())
+    assert r.status_code == 201
+    assert r.json()["hex"] == B3Digest.of(DATA[:200_000]).hex()
+    r = await client.get(f"/blobs/{B3Digest.of(DATA[:200_000])}")
+    assert r.content == DATA[:200_000]
+
+
+async def test_ranges(client: httpx.AsyncClient) -> None:
+    assert (await client.put("/blobs", content=DATA)).status_code == 201
+    url = f"/blobs/{DATA_DIGEST.hex()}"
+    n = len(DATA)
+    cases = {
+        "bytes=0-0": (0, 1),
+        "bytes=100-199": (100, 200),
+        # Across several chunk boundaries of the objectstore backend.
+        "bytes=200000-1500000": (200000, 1500001),
+        f"bytes={n - 1}-": (n - 1, n),
+        "bytes=3000000-": (3000000, n),
+        "bytes=-5000": (n - 5000, n),
+        f"bytes=-{n + 10}": (0, n),
+        f"bytes=1000-{n + 1000}": (1000, n),
+    }
+    for header, (start, end) in cases.items():
+        r = await client.get(url, headers={"Range": header})
+        assert r.status_code == 206, header
+        assert r.headers["content-range"] == f"bytes {start}-{end - 1}/{n}", header
+        assert r.headers["content-length"] == str(end - start)
+        assert r.content == DATA[start:end], header
+
+    for header in (f"bytes={n}-", f"bytes={n + 5}-{n + 9}", "bytes=-0", "bytes=9-3"):
+        r = await client.get(url, headers={"Range": header})
+        assert r.status_code == 416, header
+        assert r.headers["content-range"] == f"bytes */{n}"
+        assert r.json()["error"] == "range_not_satisfiable"
+
+    # Several ranges, another unit, a malformed header: the whole blob.
+    for header in ("bytes=0-1,5-9", "lines=1-2", "bytes=x-y"):
+        r = await client.get(url, headers={"Range": header})
+        assert r.status_code == 200, header
+        assert r.content == DATA
+
+    # If-Range with the blob's ETag keeps the range; with anything else, the whole blob.
+    etag = f'"{DATA_DIGEST.hex()}"'
+    r = await client.get(url, headers={"Range": "bytes=10-19", "If-Range": etag})
+    assert (r.status_code, r.content) == (206, DATA[10:20])
+    r = await client.get(url, headers={"Range": "bytes=10-19", "If-Range": '"other"'})
+    assert (r.status_code, r.content) == (200, DATA)
+
+    # HEAD ignores Range (RFC 9110 defines it for GET only).
+    r = await client.head(url, headers={"Range": "bytes=10-19"})
+    assert (r.status_code, r.headers["content-length"]) == (200, str(n))
+
+    # Conditional GET: the ETag never changes, so a cached copy is always fresh.
+    for inm in (etag, f"W/{etag}", f'"nope", {etag}', "*"):
+        r = await client.get(url, headers={"If-None-Match": inm, "Range": "bytes=0-5"})
+        assert r.status_code == 304, inm
+        assert r.content == b""
+        assert r.headers["etag"] == etag
+    r = await client.get(url, headers={"If-None-Match": '"nope"'})
+    assert (r.status_code, len(r.content)) == (200, n)
+    missing = B3Digest.of(b"never stored")
+    r = await client.get(f"/blobs/{missing.hex()}", headers={"If-None-Match": "*"})
+    assert r.status_code == 404
+
+
+async def test_small_and_empty_blobs(client: httpx.AsyncClient) -> None:
+    r = await client.put("/blobs", content=b"Hello World!")
+    assert r.json()["hex"] == "5ca7815adcb484e9a136c11efe69c1d530176d549b5d18d038eb5280b4b3470c"
+    r = await client.get(r.headers["location"], headers={"Range": "bytes=-6"})
+    assert (r.status_code, r.content) == (206, b"World!")
+
+    empty = B3Digest.of(b"")
+    assert (await client.get(f"/blobs/{empty.hex()}")).status_code == 404
+    r = await client.put("/blobs", content=b"")
+    assert (r.status_code, r.json()["size"]) == (201, 0)
+    r = await client.get(f"/blobs/{empty.hex()}")
+    assert (r.status_code, r.content, r.headers["content-length"]) == (200, b"", "0")
+    r = await client.get(f"/blobs/{empty.hex()}", headers={"Range": "bytes=0-"})
+    assert r.status_code == 416
+    assert r.headers["content-range"] == "bytes */0"
+
+
+async def test_chunk_list(client: httpx.AsyncClient, service: BlobService) -> None:
+    await client.put("/blobs", content=DATA)
+    r = await client.get(f"/blobs/{DATA_DIGEST.hex()}/chunks")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["hex"] == DATA_DIGEST.hex()
+    chunks = body["chunks"]
+    expected = await service.chunks(DATA_DIGEST)
+    assert expected is not None
+    assert [(c["hex"], c["size"]) for c in chunks] == [(c.digest.hex(), c.size) for c in expected]
+    if isinstance(service, MemoryBlobService):
+        assert chunks == []
+    else:
+        assert len(chunks) > 4
+        assert body["size"] == len(DATA)
+        for c in chunks:
+            piece = DATA[c["offset"] : c["offset"] + c["size"]]
+            assert B3Digest.of(piece).hex() == c["hex"]
+            assert B3Digest.parse(c["digest"]).hex() == c["hex"]
+            # Each chunk is itself a blob the gateway serves.
+            r = await client.get(f"/blobs/{c['hex']}")
+            assert r.content == piece
+    r = await client.get(f"/blobs/{B3Digest.of(b'absent').hex()}/chunks")
+    assert r.status_code == 404
+
+
+async def test_client_errors(client: httpx.AsyncClient) -> None:
+    for bad in ("xyz", "0" * 63, "g" * 64, "blake3-AAAA", quote("b3:%%%", safe="")):
+        r = await client.get(f"/blobs/{bad}")
+        assert r.status_code == 400, bad
+        assert r.json()["error"] == "invalid_digest"
+    r = await client.get(f"/blobs/{B3Digest.of(b'absent').hex()}")
+    assert (r.status_code, r.json()["error"]) == (404, "not_found")
+    assert (await client.get("/elsewhere")).status_code == 404
+    r = await client.delete(f"/blobs/{DATA_DIGEST.hex()}")
+    assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD")
+    r = await client.get("/blobs")
+    assert (r.status_code, r.headers["allow"]) == (405, "PUT, POST")
+    r = await client.post(f"/blobs/{DATA_DIGEST.hex()}/chunks")
+    assert r.status_code == 405
+
+
+async def test_client_disconnect_mid_upload_stores_nothing(service: BlobService) -> None:
+    watched = Watched(service)
+    data = pseudo_random_bytes(2_000_000, seed=71)
+    async with serving(app(watched)) as base:
+        port = urlsplit(base).port
+        assert port is not None
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        head = f"PUT /blobs HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n"
+        await stream.send(head.encode() + data[:1_200_000])
+        await anyio.sleep(0.2)
+        await stream.aclose()
+        await wait_for(lambda: watched.writers_aborted == 1)
+    assert watched.writers_closed == 0
+    assert not await service.has(B3Digest.of(data))
+    assert not await service.has(B3Digest.of(data[:1_200_000]))
+    if isinstance(service, MemoryBlobService):
+        assert len(service) == 0
+
+
+# --- memory only: limits, backpressure, streaming ----------------------------------
+
+
+async def test_upload_limit() -> None:
+    svc = Watched(MemoryBlobService())
+    async with (
+        serving(app(svc, max_upload=100_000)) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        # Declared too large: refused before the writer is even opened.
+        r = await client.put("/blobs", content=DATA[:150_000])
+        assert (r.status_code, r.json()["error"]) == (413, "too_large")
+
+        # Streamed with no length: refused once the limit is crossed, writer aborted.
+        async def pieces() -> AsyncIterator[bytes]:
+            for i in range(0, 300_000, 10_000):
+                yield DATA[i : i + 10_000]
+
+        r = await client.post("/blobs", content=pieces())
+        assert r.status_code == 413
+        assert svc.writers_aborted == 1
+        # Exactly at the limit is fine.
+        r = await client.put("/blobs", content=DATA[:100_000])
+        assert r.status_code == 201
+    assert len(svc.inner) == 1  # type: ignore[arg-type]
+
+
+async def test_range_reads_only_the_range() -> None:
+    svc = Watched(MemoryBlobService())
+    await svc.inner.put(DATA)
+    async with serving(app(svc)) as base, httpx.AsyncClient(base_url=base) as client:
+        r = await client.get(
+            f"/blobs/{DATA_DIGEST.hex()}", headers={"Range": "bytes=2000000-2000099"}
+        )
+        assert r.content == DATA[2_000_000:2_000_100]
+        assert svc.bytes_read == 100
+        assert svc.open_readers == 0
+
+
+async def test_slow_client_backpressure_and_disconnect() -> None:
+    """A client that stops reading holds the server back; one that leaves stops it.
+
+    A raw socket with a small receive buffer stands in for a slow client, so that only the
+    server's socket buffer (at most ``net.ipv4.tcp_wmem``'s 4 MiB here) can hide unread
+    bytes; httpx's socket would let the kernel autotune its buffer up to tens of MiB.
+    """
+    big = pseudo_random_bytes(1 << 20, seed=72) * 48  # 48 MiB, cheap to build
+    size = len(big)
+    svc = Watched(MemoryBlobService())
+    digest = await svc.inner.put(big)
+    loop = asyncio.get_running_loop()
+    async with serving(app(svc)) as base:
+        port = urlsplit(base).port
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            request = f"GET /blobs/{digest.hex()} HTTP/1.1\r\nHost: x\r\n\r\n"
+            await loop.sock_sendall(sock, request.encode())
+            got = b""
+            while len(got) < 256 * 1024:
+                part = await loop.sock_recv(sock, 65536)
+                assert part
+                got += part
+            assert got.startswith(b"HTTP/1.1 200 ")
+            _, _, body = got.partition(b"\r\n\r\n")
+            assert big.startswith(body)
+            await anyio.sleep(0.5)
+            assert svc.bytes_read < 12 * 1024 * 1024, svc.bytes_read
+            assert svc.open_readers == 1
+        finally:
+            sock.close()
+        # The client left mid-body: the server stops reading and closes the reader.
+        await wait_for(lambda: svc.open_readers == 0)
+        stopped_at = svc.bytes_read
+        await anyio.sleep(0.2)
+        assert svc.bytes_read == stopped_at < size
+
+
+async def test_mounted_under_a_prefix() -> None:
+    """Under Starlette's ``Mount`` the routes and ``Location`` include the mount path."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    svc = MemoryBlobService()
+    outer = Starlette(routes=[Mount("/cas", app=app(svc))])
+    async with serving(outer) as base, httpx.AsyncClient(base_url=base) as client:
+        r = await client.put("/cas/blobs", content=b"mounted")
+        assert r.status_code == 201
+        assert r.headers["location"] == f"/cas/blobs/{B3Digest.of(b'mounted').hex()}"
+        r = await client.get(r.headers["location"], headers={"Range": "bytes=1-3"})
+        assert (r.status_code, r.content) == (206, b"oun")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_curl_range(tmp_path: Path) -> None:
+    svc = MemoryBlobService()
+    await svc.put(DATA)
+    async with serving(app(svc)) as base:
+        url = f"{base}/blobs/{quote(str(DATA_DIGEST), safe='')}"
+        out = tmp_path / "part"
+        result = await anyio.run_process(
+            ["curl", "-sS", "-r", "123456-654320", "-o", str(out), "-w", "%{http_code}", url]
+        )
+        assert result.stdout == b"206"
+        assert await anyio.Path(out).read_bytes() == DATA[123456:654321]
+        result = await anyio.run_process(
+            ["curl", "-sS", "-D", "-", "-o", "/dev/null", "-r", "-10", url]
+        )
+        headers = result.stdout.decode().lower()
+        assert f"content-range: bytes {len(DATA) - 10}-{len(DATA) - 1}/{len(DATA)}" in headers
+        result = await anyio.run_process(
+            ["curl", "-sS", "-X", "PUT", "--data-binary", "@-", f"{base}/blobs"], input=b"from curl"
+        )
+        assert json.loads(result.stdout)["hex"] == B3Digest.of(b"from curl").hex()
