@@ -21,7 +21,9 @@ from castore.errors import (
     WriteAbortedError,
     WriterClosedError,
 )
+from castore.grpc import GRPCBlobService
 from castore.memory import MemoryBlobService
+from castore.objectstore import ObjectStoreBlobService
 from castore.registry import from_addr, register_scheme
 
 __all__ = [
@@ -36,9 +38,11 @@ __all__ = [
     "ChunkedReader",
     "DataCorruptionError",
     "DigestMismatchError",
+    "GRPCBlobService",
     "InvalidAddressError",
     "InvalidDigestError",
     "MemoryBlobService",
+    "ObjectStoreBlobService",
     "StoreError",
     "WriteAbortedError",
     "WriterClosedError",

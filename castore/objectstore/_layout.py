@@ -1,0 +1,32 @@
+"""Object keys of the tvix/snix castore bucket layout.
+
+``blobs/b3/<4 hex>/<64 hex>`` holds a blob's index and ``chunks/b3/<4 hex>/<64 hex>`` a
+chunk's zstd frame. The shard folder is the first two bytes of the digest as four hex
+characters: every Rust version writes four, whatever its doc comment says.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Layout"]
+
+
+class Layout:
+    """Builds object keys under an optional ``prefix`` (no leading or trailing slash)."""
+
+    __slots__ = ("_blobs", "_chunks")
+
+    def __init__(self, prefix: str = "") -> None:
+        base = "/".join(p for p in prefix.split("/") if p)
+        lead = base + "/" if base else ""
+        self._blobs = lead + "blobs/b3/"
+        self._chunks = lead + "chunks/b3/"
+
+    def blob(self, digest: bytes) -> str:
+        """The key of the blob index for ``digest`` (32 raw bytes)."""
+        h = digest.hex()
+        return f"{self._blobs}{h[:4]}/{h}"
+
+    def chunk(self, digest: bytes) -> str:
+        """The key of the chunk object for ``digest`` (32 raw bytes)."""
+        h = digest.hex()
+        return f"{self._chunks}{h[:4]}/{h}"
