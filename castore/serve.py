@@ -1,0 +1,154 @@
+"""``castore serve``: expose a store over gRPC (tvix/snix ``BlobService``).
+
+::
+
+    castore serve --store objectstore+s3://bucket?endpoint=http://127.0.0.1:8333 \\
+                  --listen grpc+http://127.0.0.1:8000
+
+listens on loopback by default (``grpc+unix:///path/to.sock`` for a unix socket), serves
+TLS with ``--tls-cert`` and ``--tls-key``, and on SIGINT or SIGTERM stops taking calls,
+lets the calls in flight finish (up to ``--grace`` seconds; a second signal cuts that
+short) and exits 0. It prints ``castore serve: listening on URL`` on stderr once ready,
+with the real port when ``--listen`` asked for port 0.
+
+:mod:`castore.cli` registers the subcommand through :func:`add_parser`; ``python -m
+castore.serve`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from castore.errors import InvalidAddressError
+from castore.grpc.server import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_READ_MESSAGE_SIZE,
+    RunningServer,
+    serve,
+)
+from castore.registry import from_addr
+
+__all__ = ["DEFAULT_LISTEN", "add_parser", "main", "run"]
+
+#: Where ``castore serve`` listens unless told otherwise: loopback only.
+DEFAULT_LISTEN = "grpc+http://127.0.0.1:8000"
+
+log = logging.getLogger("castore.serve")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``serve`` subcommand on an argparse ``subparsers`` object."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="serve a store over gRPC (tvix/snix BlobService)",
+        description="Serve a store over gRPC, wire-compatible with tvix and snix castore.",
+    )
+    p.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="URL",
+        help=f"grpc+http://HOST:PORT or grpc+unix:///PATH (default: {DEFAULT_LISTEN})",
+    )
+    p.add_argument("--store", default=None, metavar="URL", help="the store to serve")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    p.add_argument(
+        "--max-message-size",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_SIZE,
+        metavar="BYTES",
+        help=f"refuse larger messages (default: {DEFAULT_MAX_MESSAGE_SIZE})",
+    )
+    p.add_argument(
+        "--read-message-size",
+        type=int,
+        default=DEFAULT_READ_MESSAGE_SIZE,
+        metavar="BYTES",
+        help=f"payload of each message Read sends (default: {DEFAULT_READ_MESSAGE_SIZE})",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, how long calls in flight may finish (default: 30)",
+    )
+    p.set_defaults(handler=run)
+    return p
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; the exit code."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="castore serve: %(message)s")
+    store = args.store
+    if store is None:
+        from castore.cli import default_store_path, default_store_url
+
+        store = default_store_url()
+        await anyio.Path(default_store_path()).mkdir(parents=True, exist_ok=True)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InvalidAddressError("--tls-cert and --tls-key go together")
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    running: RunningServer | None = None
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.info("second signal: cancelling the calls in flight")
+            if running is not None:
+                running.servicer.give_up()
+            return
+        in_flight = running.servicer.calls_in_flight if running is not None else 0
+        log.info(
+            "%s: finishing %d call(s) in flight, then stopping",
+            signal.Signals(signum).name,
+            in_flight,
+        )
+        stop.set()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        async with (
+            from_addr(store) as service,
+            serve(
+                service,
+                args.listen,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+                max_message_size=args.max_message_size,
+                read_message_size=args.read_message_size,
+                grace=args.grace,
+            ) as running,
+        ):
+            print(f"castore serve: listening on {running.url}", file=sys.stderr, flush=True)
+            await stop.wait()
+    finally:
+        # Removed only now, so that a second signal can cut the drain short.
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m castore.serve``: the subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="castore")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
