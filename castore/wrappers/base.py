@@ -1,0 +1,107 @@
+"""Forwarding bases for wrappers: a service, reader and writer that delegate everything.
+
+A wrapper subclasses :class:`WrapperBlobService` and overrides only the calls it changes.
+The convenience calls ``put`` and ``get`` are *not* forwarded to the inner service's own
+``put``/``get``: they run the generic implementation through the wrapper's
+``open_write``/``open_read``, so that every wrapper sees every byte that passes.
+"""
+
+from __future__ import annotations
+
+import io
+
+from castore._digest import B3Digest, ChunkMeta
+from castore.blobservice import BlobReader, BlobService, BlobWriter
+
+__all__ = ["WrapperBlobReader", "WrapperBlobService", "WrapperBlobWriter"]
+
+
+class WrapperBlobService(BlobService):
+    """A :class:`~castore.BlobService` that forwards every call to ``inner``.
+
+    The wrapper owns ``inner``: :meth:`aclose` closes it (once, however often the wrapper
+    itself is closed).
+    """
+
+    def __init__(self, inner: BlobService) -> None:
+        self._inner = inner
+        self._closed = False
+
+    @property
+    def inner(self) -> BlobService:
+        """The wrapped service."""
+        return self._inner
+
+    async def has(self, digest: B3Digest) -> bool:
+        return await self._inner.has(digest)
+
+    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+        return await self._inner.open_read(digest)
+
+    async def open_write(self) -> BlobWriter:
+        return await self._inner.open_write()
+
+    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+        return await self._inner.chunks(digest)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._inner.aclose()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._inner!r})"
+
+
+class WrapperBlobReader(BlobReader):
+    """A :class:`~castore.BlobReader` that forwards to ``inner``.
+
+    ``readinto`` and iteration keep the base class's implementations, which call
+    :meth:`read`, so a subclass that overrides :meth:`read` sees those bytes too.
+    """
+
+    def __init__(self, inner: BlobReader) -> None:
+        self._inner = inner
+
+    @property
+    def inner(self) -> BlobReader:
+        """The wrapped reader."""
+        return self._inner
+
+    async def read(self, n: int = -1) -> bytes:
+        return await self._inner.read(n)
+
+    async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return await self._inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class WrapperBlobWriter(BlobWriter):
+    """A :class:`~castore.BlobWriter` that forwards to ``inner``.
+
+    The state machine (write after close, close twice, abort in ``async with``) is the
+    base class's; ``inner`` sees the same sequence of calls.
+    """
+
+    def __init__(self, inner: BlobWriter) -> None:
+        self._inner = inner
+
+    @property
+    def inner(self) -> BlobWriter:
+        """The wrapped writer."""
+        return self._inner
+
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.write(data)
+
+    async def _finish(self) -> B3Digest:
+        return await self._inner.close()
+
+    async def _abort(self) -> None:
+        await self._inner.abort()

@@ -1,0 +1,227 @@
+"""``LoggingBlobService``: one structured log record per operation, through :mod:`logging`.
+
+Every record carries these attributes (``extra=``), for JSON formatters and filters:
+
+==========  ===================================================================
+``op``      ``has``, ``chunks``, ``open_read``, ``read`` (a reader's life, logged
+            when it closes), ``write`` (a writer's life, logged at close or abort)
+``digest``  lowercase hex of the blob's digest (``None`` for a write that failed)
+``size``    bytes read or written; for ``chunks`` the blob's size; else ``None``
+``duration`` seconds, as a float (for ``read``/``write``: open to close)
+``error``   ``"ExceptionType: message"``, or ``None`` on success
+``found``   for ``has``, ``chunks`` and ``open_read``: whether the blob was there
+``aborted`` true for a writer that was aborted (nothing stored, not a failure)
+``service`` the ``name`` given to the wrapper (the instance name in a config file)
+==========  ===================================================================
+
+Successes are logged at ``level`` (DEBUG by default) and failures at ``error_level``
+(WARNING), so a production logger at INFO shows only trouble.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Any
+
+from castore._digest import B3Digest, ChunkMeta
+from castore.blobservice import BlobReader, BlobService, BlobWriter
+from castore.wrappers.base import WrapperBlobReader, WrapperBlobService, WrapperBlobWriter
+
+__all__ = ["LoggingBlobService"]
+
+DEFAULT_LOGGER = "castore.blobservice"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _level(value: int | str) -> int:
+    if isinstance(value, int):
+        return value
+    number = logging.getLevelName(value.upper())
+    if not isinstance(number, int):
+        raise ValueError(f"unknown logging level {value!r}")
+    return number
+
+
+class LoggingBlobService(WrapperBlobService):
+    """Logs each operation on ``inner`` with structured fields (see the module doc).
+
+    ``logger`` is a :class:`logging.Logger` or a logger name (default
+    ``castore.blobservice``). ``name`` labels the records (``service``), useful when a
+    composition logs several services. Records are only built when the logger is enabled
+    for their level, so a silent logger costs next to nothing.
+    """
+
+    def __init__(
+        self,
+        inner: BlobService,
+        *,
+        logger: logging.Logger | str = DEFAULT_LOGGER,
+        level: int | str = logging.DEBUG,
+        error_level: int | str = logging.WARNING,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(inner)
+        self._logger = logging.getLogger(logger) if isinstance(logger, str) else logger
+        self._level = _level(level)
+        self._error_level = _level(error_level)
+        self._name = name
+
+    @property
+    def logger(self) -> logging.Logger:
+        """Where the records go."""
+        return self._logger
+
+    def _log(
+        self,
+        op: str,
+        digest: B3Digest | None,
+        started: float,
+        *,
+        size: int | None = None,
+        error: BaseException | None = None,
+        found: bool | None = None,
+        aborted: bool = False,
+    ) -> None:
+        level = self._level if error is None else self._error_level
+        if not self._logger.isEnabledFor(level):
+            return
+        duration = time.perf_counter() - started
+        extra: dict[str, Any] = {
+            "op": op,
+            "digest": None if digest is None else digest.hex(),
+            "size": size,
+            "duration": duration,
+            "error": None if error is None else _describe(error),
+            "found": found,
+            "aborted": aborted,
+            "service": self._name,
+        }
+        outcome: object
+        if aborted:
+            outcome = "aborted"
+        elif error is not None:
+            outcome = f"failed: {extra['error']}"
+        elif found is not None:
+            outcome = "found" if found else "absent"
+        else:
+            outcome = "ok"
+        self._logger.log(
+            level,
+            "%s%s %s %s, %s bytes, %.1f ms",
+            "" if self._name is None else f"[{self._name}] ",
+            op,
+            extra["digest"],
+            outcome,
+            "-" if size is None else size,
+            duration * 1000,
+            extra=extra,
+        )
+
+    async def has(self, digest: B3Digest) -> bool:
+        started = time.perf_counter()
+        try:
+            found = await self._inner.has(digest)
+        except Exception as e:
+            self._log("has", digest, started, error=e)
+            raise
+        self._log("has", digest, started, found=found)
+        return found
+
+    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+        started = time.perf_counter()
+        try:
+            result = await self._inner.chunks(digest)
+        except Exception as e:
+            self._log("chunks", digest, started, error=e)
+            raise
+        size = None if not result else sum(c.size for c in result)
+        self._log("chunks", digest, started, size=size, found=result is not None)
+        return result
+
+    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+        started = time.perf_counter()
+        try:
+            reader = await self._inner.open_read(digest)
+        except Exception as e:
+            self._log("open_read", digest, started, error=e)
+            raise
+        self._log("open_read", digest, started, found=reader is not None)
+        return None if reader is None else _LoggingReader(self, digest, reader, started)
+
+    async def open_write(self) -> BlobWriter:
+        return _LoggingWriter(self, await self._inner.open_write(), time.perf_counter())
+
+
+class _LoggingReader(WrapperBlobReader):
+    def __init__(
+        self, owner: LoggingBlobService, digest: B3Digest, inner: BlobReader, started: float
+    ) -> None:
+        super().__init__(inner)
+        self._owner = owner
+        self._digest = digest
+        self._started = started
+        self._bytes = 0
+        self._logged = False
+
+    async def read(self, n: int = -1) -> bytes:
+        try:
+            data = await self._inner.read(n)
+        except Exception as e:
+            self._owner._log("read", self._digest, self._started, size=self._bytes, error=e)
+            raise
+        self._bytes += len(data)
+        return data
+
+    async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        try:
+            return await self._inner.seek(offset, whence)
+        except Exception as e:
+            self._owner._log("read", self._digest, self._started, size=self._bytes, error=e)
+            raise
+
+    async def aclose(self) -> None:
+        if not self._logged:
+            self._logged = True
+            self._owner._log("read", self._digest, self._started, size=self._bytes)
+        await self._inner.aclose()
+
+
+class _LoggingWriter(WrapperBlobWriter):
+    def __init__(self, owner: LoggingBlobService, inner: BlobWriter, started: float) -> None:
+        super().__init__(inner)
+        self._owner = owner
+        self._started = started
+        self._bytes = 0
+        self._failed = False
+
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._inner.write(data)
+        except Exception as e:
+            self._failed = True
+            self._owner._log("write", None, self._started, size=self._bytes, error=e)
+            raise
+        self._bytes += memoryview(data).nbytes
+
+    async def _finish(self) -> B3Digest:
+        try:
+            digest = await self._inner.close()
+        except Exception as e:
+            self._failed = True
+            self._owner._log("write", None, self._started, size=self._bytes, error=e)
+            raise
+        self._owner._log("write", digest, self._started, size=self._bytes)
+        return digest
+
+    async def _abort(self) -> None:
+        # A failed write or close was logged where it failed; a deliberate abort (or an
+        # exception in the caller's ``async with``) is not a store failure.
+        if not self._failed:
+            self._failed = True
+            self._owner._log("write", None, self._started, size=self._bytes, aborted=True)
+        await self._inner.abort()

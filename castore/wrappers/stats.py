@@ -1,0 +1,175 @@
+"""``StatsBlobService``: counters for operators and tests (calls, bytes, hits, errors)."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from castore._digest import B3Digest, ChunkMeta
+from castore.blobservice import BlobReader, BlobService, BlobWriter
+from castore.wrappers.base import WrapperBlobReader, WrapperBlobService, WrapperBlobWriter
+
+__all__ = ["BlobServiceStatistics", "StatsBlobService"]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobServiceStatistics:
+    """A snapshot of a :class:`StatsBlobService`'s counters.
+
+    ``calls`` counts calls by operation: ``has``, ``chunks``, ``open_read``,
+    ``open_write`` on the service, ``read`` and ``seek`` on its readers, ``write`` and
+    ``close`` on its writers. ``hits``/``misses`` count the answers of ``has``
+    (true/false), ``chunks`` and ``open_read`` (found/``None``). ``errors`` counts raised
+    exceptions by class name (cancellation is not counted). ``bytes_read`` is what readers
+    returned, ``bytes_written`` what writers accepted, ``blobs_written`` the writers
+    closed successfully.
+    """
+
+    calls: Mapping[str, int]
+    hits: Mapping[str, int]
+    misses: Mapping[str, int]
+    errors: Mapping[str, int]
+    bytes_read: int
+    bytes_written: int
+    blobs_written: int
+
+    @property
+    def total_errors(self) -> int:
+        """All errors, whatever their type."""
+        return sum(self.errors.values())
+
+
+class StatsBlobService(WrapperBlobService):
+    """Counts what passes through to ``inner``; read the counts with :meth:`statistics`.
+
+    Counting is cheap (a few dictionary updates a call), so the wrapper can stay in
+    production compositions. Nothing is retried, cached or changed.
+    """
+
+    def __init__(self, inner: BlobService) -> None:
+        super().__init__(inner)
+        self._calls: Counter[str] = Counter()
+        self._hits: Counter[str] = Counter()
+        self._misses: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
+        self._bytes_read = 0
+        self._bytes_written = 0
+        self._blobs_written = 0
+
+    def statistics(self) -> BlobServiceStatistics:
+        """A frozen snapshot of the counters; later calls do not change it."""
+        return BlobServiceStatistics(
+            calls=MappingProxyType(dict(self._calls)),
+            hits=MappingProxyType(dict(self._hits)),
+            misses=MappingProxyType(dict(self._misses)),
+            errors=MappingProxyType(dict(self._errors)),
+            bytes_read=self._bytes_read,
+            bytes_written=self._bytes_written,
+            blobs_written=self._blobs_written,
+        )
+
+    def reset(self) -> None:
+        """Set every counter back to zero."""
+        for c in (self._calls, self._hits, self._misses, self._errors):
+            c.clear()
+        self._bytes_read = self._bytes_written = self._blobs_written = 0
+
+    def _error(self, exc: Exception) -> None:
+        self._errors[type(exc).__name__] += 1
+
+    def _found(self, op: str, found: bool) -> None:
+        (self._hits if found else self._misses)[op] += 1
+
+    async def has(self, digest: B3Digest) -> bool:
+        self._calls["has"] += 1
+        try:
+            found = await self._inner.has(digest)
+        except Exception as e:
+            self._error(e)
+            raise
+        self._found("has", found)
+        return found
+
+    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+        self._calls["chunks"] += 1
+        try:
+            result = await self._inner.chunks(digest)
+        except Exception as e:
+            self._error(e)
+            raise
+        self._found("chunks", result is not None)
+        return result
+
+    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+        self._calls["open_read"] += 1
+        try:
+            reader = await self._inner.open_read(digest)
+        except Exception as e:
+            self._error(e)
+            raise
+        self._found("open_read", reader is not None)
+        return None if reader is None else _StatsReader(self, reader)
+
+    async def open_write(self) -> BlobWriter:
+        self._calls["open_write"] += 1
+        try:
+            writer = await self._inner.open_write()
+        except Exception as e:
+            self._error(e)
+            raise
+        return _StatsWriter(self, writer)
+
+
+class _StatsReader(WrapperBlobReader):
+    def __init__(self, owner: StatsBlobService, inner: BlobReader) -> None:
+        super().__init__(inner)
+        self._owner = owner
+
+    async def read(self, n: int = -1) -> bytes:
+        owner = self._owner
+        owner._calls["read"] += 1
+        try:
+            data = await self._inner.read(n)
+        except Exception as e:
+            owner._error(e)
+            raise
+        owner._bytes_read += len(data)
+        return data
+
+    async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._owner._calls["seek"] += 1
+        try:
+            return await self._inner.seek(offset, whence)
+        except Exception as e:
+            self._owner._error(e)
+            raise
+
+
+class _StatsWriter(WrapperBlobWriter):
+    def __init__(self, owner: StatsBlobService, inner: BlobWriter) -> None:
+        super().__init__(inner)
+        self._owner = owner
+
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        owner = self._owner
+        owner._calls["write"] += 1
+        try:
+            await self._inner.write(data)
+        except Exception as e:
+            owner._error(e)
+            raise
+        owner._bytes_written += memoryview(data).nbytes
+
+    async def _finish(self) -> B3Digest:
+        owner = self._owner
+        owner._calls["close"] += 1
+        try:
+            digest = await self._inner.close()
+        except Exception as e:
+            owner._error(e)
+            raise
+        owner._blobs_written += 1
+        return digest
