@@ -504,7 +504,10 @@ class BlobGateway:
                 await _drain(receive, _DRAIN_LIMIT)
             raise _too_large(limit)
 
-        writer = await self.service.open_write()
+        try:
+            writer = await self.service.open_write()
+        except Exception as e:  # the trait says it cannot fail; a wrapper still might
+            raise _store_failure(e, "open_write()") from e
         size = 0
         try:
             while True:

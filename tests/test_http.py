@@ -23,11 +23,11 @@ import httpx
 import pytest
 import uvicorn
 
-from castore import B3Digest, BlobService, MemoryBlobService
+from castore import B3Digest, BlobService, ChunkMeta, MemoryBlobService, from_addr
 from castore.blobservice import BlobReader, BlobWriter
 from castore.http import UNSATISFIABLE, app, parse_range
-from castore.registry import registered_schemes
 from castore.testing.conformance import pseudo_random_bytes
+from castore.testing.faults import Fault, FaultyBlobService
 
 # --- helpers -------------------------------------------------------------------------
 
@@ -116,8 +116,8 @@ class Watched(BlobService):
     async def open_write(self) -> BlobWriter:
         return _TrackedWriter(await self.inner.open_write(), self)
 
-    async def chunks(self, digest: B3Digest) -> list:  # type: ignore[type-arg]
-        return await self.inner.chunks(digest)  # type: ignore[return-value]
+    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+        return await self.inner.chunks(digest)
 
 
 async def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -127,17 +127,10 @@ async def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None
             await anyio.sleep(0.01)
 
 
-def _objectstore_ready() -> bool:
-    return "objectstore+file" in registered_schemes()
-
-
 @pytest.fixture(params=["memory", "local", "s3"])
 def service(request: pytest.FixtureRequest) -> BlobService:
     """A fresh service on each backend, from the castore pytest plugin's fixtures."""
-    name = request.param
-    if name != "memory" and not _objectstore_ready():
-        pytest.skip("the objectstore backend is not available in this checkout")
-    svc: BlobService = request.getfixturevalue(f"castore_{name}")
+    svc: BlobService = request.getfixturevalue(f"castore_{request.param}")
     return svc
 
 
@@ -486,3 +479,75 @@ async def test_curl_range(tmp_path: Path) -> None:
             ["curl", "-sS", "-X", "PUT", "--data-binary", "@-", f"{base}/blobs"], input=b"from curl"
         )
         assert json.loads(result.stdout)["hex"] == B3Digest.of(b"from curl").hex()
+
+
+# --- a failing store: FaultyBlobService ---------------------------------------------
+
+
+async def test_store_failures_before_the_answer_are_503() -> None:
+    faulty = FaultyBlobService(MemoryBlobService())
+    digest = await faulty.inner.put(DATA)
+    url = f"/blobs/{digest.hex()}"
+    async with serving(app(faulty)) as base, httpx.AsyncClient(base_url=base) as client:
+        for op, request in [
+            ("open_read", client.build_request("GET", url)),
+            ("read", client.build_request("GET", url, headers={"Range": "bytes=5-"})),
+            ("has", client.build_request("GET", url, headers={"If-None-Match": "*"})),
+            ("chunks", client.build_request("GET", url + "/chunks")),
+            ("open_write", client.build_request("PUT", "/blobs", content=b"abc")),
+            ("write", client.build_request("PUT", "/blobs", content=b"abc")),
+            ("close", client.build_request("PUT", "/blobs", content=b"abc")),
+        ]:
+            faulty.clear()
+            faulty.plan(op, Fault.ERROR, nth=1)
+            r = await client.send(request)
+            assert (r.status_code, r.json()["error"]) == (503, "store_unavailable"), op
+        faulty.clear()
+        faulty.plan("read", Fault.TIMEOUT, nth=1)
+        assert (await client.get(url)).status_code == 503
+        faulty.clear()
+        assert not await faulty.inner.has(B3Digest.of(b"abc"))
+        assert (await client.get(url)).content == DATA
+
+
+async def test_store_failure_mid_body_cuts_the_connection() -> None:
+    """Once the status line is out, a failure must not pass for a complete body."""
+    faulty = FaultyBlobService(MemoryBlobService())
+    digest = await faulty.inner.put(DATA)
+    async with serving(app(faulty, piece_size=65536)) as base:
+        for fault in (Fault.ERROR, Fault.TRUNCATE):
+            faulty.clear()
+            faulty.plan("read", fault, nth=3)
+            async with httpx.AsyncClient(base_url=base) as client:
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await client.get(f"/blobs/{digest.hex()}")
+        faulty.clear()
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get(f"/blobs/{digest.hex()}")).content == DATA
+
+
+async def test_corrupt_chunk_on_disk(castore_local_url: str) -> None:
+    """A chunk object damaged on disk: 502 when it is the first, a cut body when later."""
+    service = from_addr(castore_local_url)
+    root = Path(urlsplit(castore_local_url).path)
+    digest = await service.put(DATA)
+    chunks = await service.chunks(digest)
+    assert chunks is not None and len(chunks) > 3
+
+    def damage(index: int) -> None:
+        hexd = chunks[index].digest.hex()
+        path = root / "chunks" / "b3" / hexd[:4] / hexd
+        path.write_bytes(b"\x28\xb5\x2f\xfd not really zstd")
+
+    async with serving(app(service)) as base, httpx.AsyncClient(base_url=base) as client:
+        await anyio.to_thread.run_sync(damage, 2)
+        # Ranges that avoid the damaged chunk are still served.
+        r = await client.get(f"/blobs/{digest.hex()}", headers={"Range": "bytes=10-99"})
+        assert (r.status_code, r.content) == (206, DATA[10:100])
+        r = await client.get(f"/blobs/{digest.hex()}", headers={"Range": "bytes=-1000"})
+        assert (r.status_code, r.content) == (206, DATA[-1000:])
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(f"/blobs/{digest.hex()}")
+        await anyio.to_thread.run_sync(damage, 0)
+        r = await client.get(f"/blobs/{digest.hex()}")
+        assert (r.status_code, r.json()["error"]) == (502, "data_corruption")
