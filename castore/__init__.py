@@ -10,6 +10,7 @@ from __future__ import annotations
 from castore._digest import EMPTY_DIGEST, B3Digest, ChunkMeta
 from castore.blobservice import BlobReader, BlobService, BlobWriter
 from castore.chunkedreader import ChunkedReader
+from castore.combined import CombinedBlobService
 from castore.errors import (
     BlobNotFoundError,
     CastoreError,
@@ -25,6 +26,12 @@ from castore.grpc import GRPCBlobService
 from castore.memory import MemoryBlobService
 from castore.objectstore import ObjectStoreBlobService
 from castore.registry import from_addr, register_scheme
+from castore.wrappers import (
+    CachingBlobService,
+    LoggingBlobService,
+    RetryBlobService,
+    StatsBlobService,
+)
 
 __all__ = [
     "EMPTY_DIGEST",
@@ -33,16 +40,21 @@ __all__ = [
     "BlobReader",
     "BlobService",
     "BlobWriter",
+    "CachingBlobService",
     "CastoreError",
     "ChunkMeta",
     "ChunkedReader",
+    "CombinedBlobService",
     "DataCorruptionError",
     "DigestMismatchError",
     "GRPCBlobService",
     "InvalidAddressError",
     "InvalidDigestError",
+    "LoggingBlobService",
     "MemoryBlobService",
     "ObjectStoreBlobService",
+    "RetryBlobService",
+    "StatsBlobService",
     "StoreError",
     "WriteAbortedError",
     "WriterClosedError",

@@ -1,0 +1,358 @@
+"""``CombinedBlobService``: a near store (a cache) in front of a far store (the source).
+
+Reads try ``near`` first. On a miss, the blob is read from ``far`` **chunk by chunk**
+(far's chunk list, through a :class:`~castore.ChunkedReader` whose fetch tries near's copy
+of each chunk before far's), and what comes from far is **copied into near** once it is
+verified, so the next read does not leave the machine. Rust's ``CombinedBlobService``
+documents this but never does it.
+
+Two kinds of copy happen, because they serve different reads:
+
+- each chunk fetched from far is checked (BLAKE3 and size) and written to near under its
+  own digest, so a partial or random-access read still warms the cache;
+- while a reader reads the blob in order from its first byte, the bytes are also fed to a
+  near writer, which is committed only when the read reaches the end *and* the bytes hash
+  to the blob's digest (otherwise it is aborted and the read raises
+  :class:`~castore.errors.DigestMismatchError`). After that, near serves the blob by its
+  own digest. A blob far does not chunk (chunk list ``[]``) is streamed from far's reader
+  through the same check.
+
+On a chunking near (an object store), both copies store the same chunks; its writer
+deduplicates chunks that exist, so the cost is the second hashing and compression of
+data already fetched, not a second upload. Copying is best effort: a near that fails to
+store logs a warning (logger ``castore.combined``) and the read goes on from far. Near
+failures on lookup are treated the same way (near is a cache), corruption in near makes
+the read fall back to far for that chunk.
+
+Writes go to near; with ``write_through=True`` they are teed to both, closed together,
+and must agree on the digest. If one side fails the write fails, though the other side
+may have stored the blob (harmless in a content-addressed store).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
+
+import anyio
+import anyio.to_thread
+import blake3
+
+from castore._digest import B3Digest, ChunkMeta
+from castore.blobservice import BlobReader, BlobService, BlobWriter
+from castore.chunkedreader import DEFAULT_PREFETCH, ChunkedReader, verify_chunk
+from castore.errors import (
+    BlobNotFoundError,
+    CastoreError,
+    DataCorruptionError,
+    DigestMismatchError,
+    StoreError,
+)
+
+__all__ = ["CombinedBlobService"]
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+logger = logging.getLogger("castore.combined")
+
+# Hash or verify at least this much in a worker thread rather than on the event loop.
+_THREAD_HASH_MIN = 256 * 1024
+
+# What a failing near (the cache) may raise without failing the caller's operation.
+_NEAR_FAILURES = (StoreError, DataCorruptionError, BlobNotFoundError)
+
+
+class CombinedBlobService(BlobService):
+    """``near`` caches ``far``: see the module doc for reads, copies and writes.
+
+    ``prefetch`` is how many chunks ahead a far read fetches concurrently. The combined
+    service owns both: :meth:`aclose` closes ``near`` and ``far``.
+    """
+
+    def __init__(
+        self,
+        near: BlobService,
+        far: BlobService,
+        *,
+        write_through: bool = False,
+        prefetch: int = DEFAULT_PREFETCH,
+    ) -> None:
+        self._near = near
+        self._far = far
+        self.write_through = write_through
+        self._prefetch = prefetch
+        self._closed = False
+
+    @property
+    def near(self) -> BlobService:
+        """The cache, tried first and filled from far."""
+        return self._near
+
+    @property
+    def far(self) -> BlobService:
+        """The source of truth."""
+        return self._far
+
+    def __repr__(self) -> str:
+        return (
+            f"CombinedBlobService(near={self._near!r}, far={self._far!r}, "
+            f"write_through={self.write_through})"
+        )
+
+    async def has(self, digest: B3Digest) -> bool:
+        try:
+            if await self._near.has(digest):
+                return True
+        except _NEAR_FAILURES as e:
+            logger.warning("near has(%s) failed, asking far: %r", digest.hex(), e)
+        return await self._far.has(digest)
+
+    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+        try:
+            found = await self._near.chunks(digest)
+        except _NEAR_FAILURES as e:
+            logger.warning("near chunks(%s) failed, asking far: %r", digest.hex(), e)
+            found = None
+        if found is not None:
+            return found
+        return await self._far.chunks(digest)
+
+    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+        try:
+            reader = await self._near.open_read(digest)
+        except _NEAR_FAILURES as e:
+            logger.warning("near open_read(%s) failed, reading far: %r", digest.hex(), e)
+            reader = None
+        if reader is not None:
+            return reader
+        far_chunks = await self._far.chunks(digest)
+        if far_chunks is None:
+            return None
+        inner: BlobReader | None
+        if far_chunks:
+            inner = ChunkedReader(
+                far_chunks, self._fetch_chunk, prefetch=self._prefetch, verified_fetch=True
+            )
+            length: int | None = sum(c.size for c in far_chunks)
+        else:
+            inner = await self._far.open_read(digest)
+            if inner is None:
+                return None
+            length = None
+        return _PopulatingReader(self._near, digest, inner, length)
+
+    async def _fetch_chunk(self, meta: ChunkMeta) -> bytes:
+        """One verified chunk: near's copy if it has a good one, else far's (copied)."""
+        data = await self._near_chunk(meta)
+        if data is not None:
+            return data
+        reader = await self._far.open_read(meta.digest)
+        if reader is None:
+            raise BlobNotFoundError(f"chunk {meta.digest.hex()} is missing from far")
+        async with reader:
+            data = await reader.read()
+        await _verify(meta, data)
+        try:
+            stored = await self._near.put(data)
+            if stored != meta.digest:
+                logger.warning("near stored chunk %s as %s", meta.digest.hex(), stored.hex())
+        except CastoreError as e:
+            logger.warning("could not copy chunk %s into near: %r", meta.digest.hex(), e)
+        return data
+
+    async def _near_chunk(self, meta: ChunkMeta) -> bytes | None:
+        try:
+            reader = await self._near.open_read(meta.digest)
+            if reader is None:
+                return None
+            async with reader:
+                data = await reader.read()
+            await _verify(meta, data)
+        except _NEAR_FAILURES as e:
+            logger.warning("near's chunk %s is unusable, reading far: %r", meta.digest.hex(), e)
+            return None
+        return data
+
+    async def open_write(self) -> BlobWriter:
+        near = await self._near.open_write()
+        if not self.write_through:
+            return near
+        return _TeeWriter(near, await self._far.open_write())
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._near.aclose()
+        finally:
+            await self._far.aclose()
+
+
+async def _verify(meta: ChunkMeta, data: bytes) -> None:
+    if len(data) >= _THREAD_HASH_MIN:
+        await anyio.to_thread.run_sync(verify_chunk, meta, data)
+    else:
+        verify_chunk(meta, data)
+
+
+class _PopulatingReader(BlobReader):
+    """Reads from far (``inner``) and feeds an in-order read into a near writer.
+
+    ``_hashed_to`` is how far the bytes returned so far are exactly ``blob[0:_hashed_to]``;
+    the whole-blob check and the near copy only follow such a prefix. A read that starts
+    past it (after a seek forward) stops both; re-reading inside it changes nothing.
+    ``length`` is known for a chunked blob; otherwise the end is a short read.
+    """
+
+    def __init__(
+        self, near: BlobService, digest: B3Digest, inner: BlobReader, length: int | None
+    ) -> None:
+        self._near = near
+        self._digest = digest
+        self._inner = inner
+        self._length = length
+        self._hasher: blake3.blake3 | None = blake3.blake3(max_threads=1)
+        self._hashed_to = 0
+        self._writer: BlobWriter | None = None
+
+    async def read(self, n: int = -1) -> bytes:
+        start = self._inner.tell()
+        data = await self._inner.read(n)
+        if self._hasher is not None:
+            try:
+                await self._follow(start, data, n)
+            except BaseException:
+                await self._stop()
+                raise
+        return data
+
+    async def _follow(self, start: int, data: bytes, n: int) -> None:
+        assert self._hasher is not None
+        end = start + len(data)
+        if start > self._hashed_to:
+            await self._stop()
+            return
+        if self._writer is None and self._hashed_to == 0:
+            self._writer = await self._near.open_write()
+        if end > self._hashed_to:
+            new = data[self._hashed_to - start :] if start < self._hashed_to else data
+            if len(new) >= _THREAD_HASH_MIN:
+                await anyio.to_thread.run_sync(self._hasher.update, new)
+            else:
+                self._hasher.update(new)
+            self._hashed_to = end
+            await self._copy(new)
+        at_end = end == self._length if self._length is not None else (n < 0 or len(data) < n)
+        if at_end and end == self._hashed_to:
+            await self._finish()
+
+    async def _copy(self, new: bytes) -> None:
+        if self._writer is None:
+            return
+        try:
+            await self._writer.write(new)
+        except CastoreError as e:
+            logger.warning("could not copy blob %s into near: %r", self._digest.hex(), e)
+            self._writer = None  # the failed write aborted it
+
+    async def _finish(self) -> None:
+        assert self._hasher is not None
+        actual = self._hasher.digest()
+        self._hasher = None
+        writer, self._writer = self._writer, None
+        if actual != self._digest.digest:
+            if writer is not None:
+                await writer.abort()
+            raise DigestMismatchError(
+                f"blob {self._digest.hex()}: far's bytes hash to {actual.hex()}"
+            )
+        if writer is None:
+            return
+        try:
+            stored = await writer.close()
+        except CastoreError as e:
+            logger.warning("could not store blob %s in near: %r", self._digest.hex(), e)
+            return
+        if stored != self._digest:
+            logger.warning("near stored blob %s as %s", self._digest.hex(), stored.hex())
+
+    async def _stop(self) -> None:
+        self._hasher = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.abort()
+
+    async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return await self._inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stop()
+        finally:
+            await self._inner.aclose()
+
+
+class _TeeWriter(BlobWriter):
+    """Writes every piece to two writers; both must agree on the digest."""
+
+    def __init__(self, near: BlobWriter, far: BlobWriter) -> None:
+        self._near = near
+        self._far = far
+
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        piece = bytes(data)  # both writers see the same immutable bytes
+        # One after the other: writers buffer and return quickly, and a task group per
+        # piece cost ~1 ms a write, which dominated small writes. close() runs both at once.
+        await self._near.write(piece)
+        await self._far.write(piece)
+
+    async def _finish(self) -> B3Digest:
+        near, far = await _both(self._near.close, self._far.close)
+        if near != far:
+            raise DigestMismatchError(
+                f"write-through: near stored {near.hex()} but far stored {far.hex()}"
+            )
+        return near
+
+    async def _abort(self) -> None:
+        await self._near.abort()
+        await self._far.abort()
+
+
+async def _both(a: Callable[[], Awaitable[A]], b: Callable[[], Awaitable[B]]) -> tuple[A, B]:
+    """Await ``a()`` and ``b()`` concurrently; raise the first plain error, not a group."""
+    results: list[object] = [None, None]
+
+    async def run(i: int, fn: Callable[[], Awaitable[object]]) -> None:
+        results[i] = await fn()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, 0, a)
+            tg.start_soon(run, 1, b)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        cancel = anyio.get_cancelled_exc_class()
+        first = next((e for e in leaves if not isinstance(e, cancel)), leaves[0])
+        for other in leaves:
+            if other is not first and not isinstance(other, cancel):
+                first.add_note(f"castore: the other side failed too: {other!r}")
+        raise first from group
+    return cast(A, results[0]), cast(B, results[1])
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            out.extend(_leaves(e))
+        else:
+            out.append(e)
+    return out
