@@ -1,0 +1,303 @@
+"""Composition files (castore.config): what they build, and the errors that name the key."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from castore import (
+    BlobService,
+    CachingBlobService,
+    CombinedBlobService,
+    LoggingBlobService,
+    MemoryBlobService,
+    ObjectStoreBlobService,
+    RetryBlobService,
+    StatsBlobService,
+)
+from castore.config import Composition, load, loads, parse
+from castore.errors import ConfigError, InvalidAddressError
+from castore.testing.fixtures import BLOB_B, BLOB_B_DIGEST
+
+FULL = """
+[blobservices.root]
+type = "logging"
+inner = "counted"
+level = "info"
+
+[blobservices.counted]
+type = "stats"
+inner = "combined"
+
+[blobservices.combined]
+type = "combined"
+near = "hot"
+far = "remote"
+write_through = true
+
+[blobservices.hot]
+type = "cache"
+inner = "disk"
+max_bytes = "8 MiB"
+max_item_bytes = 1048576
+
+[blobservices.disk]
+type = "objectstore"
+url = "objectstore+memory:///"
+options = { avg_chunk_size = 65536 }
+
+[blobservices.remote]
+type = "retry"
+inner = "far"
+max_attempts = 3
+base_delay = 0.01
+deadline = false
+
+[blobservices.far]
+type = "memory"
+"""
+
+
+def test_builds_the_whole_graph() -> None:
+    comp = parse(FULL)
+    root = comp.build()
+    assert isinstance(root, LoggingBlobService)
+    assert root.logger.name == "castore.blobservice"
+    stats = root.inner
+    assert isinstance(stats, StatsBlobService)
+    combined = stats.inner
+    assert isinstance(combined, CombinedBlobService) and combined.write_through
+    assert isinstance(combined.near, CachingBlobService)
+    assert combined.near.max_bytes == 8 << 20 and combined.near.max_item_bytes == 1 << 20
+    assert isinstance(combined.near.inner, ObjectStoreBlobService)
+    retry = combined.far
+    assert isinstance(retry, RetryBlobService)
+    assert retry.max_attempts == 3 and retry.base_delay == 0.01 and retry.deadline is None
+    assert isinstance(retry.inner, MemoryBlobService)
+    assert set(comp.built) == set(comp.names)
+
+
+async def test_the_built_graph_works() -> None:
+    comp = parse(FULL)
+    root = comp.build()
+    async with root:
+        assert await root.put(BLOB_B) == BLOB_B_DIGEST
+        assert await root.get(BLOB_B_DIGEST) == BLOB_B
+    far = comp.built["far"]
+    assert await far.get(BLOB_B_DIGEST) == BLOB_B  # written through
+    stats = comp.built["counted"]
+    assert isinstance(stats, StatsBlobService)
+    assert stats.statistics().bytes_written == len(BLOB_B)
+
+
+def test_builds_another_name_and_only_what_it_needs() -> None:
+    comp = parse(FULL)
+    assert isinstance(comp.build("remote"), RetryBlobService)
+    assert set(comp.built) == {"remote", "far"}
+
+
+def test_shared_instances_are_built_once() -> None:
+    comp = parse(
+        """
+        [blobservices.root]
+        type = "combined"
+        near = "a"
+        far = "b"
+        [blobservices.a]
+        type = "stats"
+        inner = "store"
+        [blobservices.b]
+        type = "retry"
+        inner = "store"
+        [blobservices.store]
+        type = "memory"
+        """
+    )
+    root = comp.build()
+    assert isinstance(root, CombinedBlobService)
+    a, b = root.near, root.far
+    assert isinstance(a, StatsBlobService) and isinstance(b, RetryBlobService)
+    assert a.inner is b.inner is comp.built["store"]
+
+
+def test_url_only_instances_use_from_addr() -> None:
+    svc = loads('[blobservices.root]\nurl = "memory://"\n')
+    assert isinstance(svc, MemoryBlobService)
+    svc = loads('[blobservices.root]\ntype = "url"\nurl = "objectstore+memory:///"\n')
+    assert isinstance(svc, ObjectStoreBlobService)
+
+
+def test_logging_level_and_name() -> None:
+    svc = loads(
+        '[blobservices.root]\ntype = "logging"\ninner = "m"\nlogger = "my.app"\n'
+        'level = "INFO"\n[blobservices.m]\ntype = "memory"\n'
+    )
+    assert isinstance(svc, LoggingBlobService)
+    assert svc.logger.name == "my.app"
+    assert svc._level == logging.INFO and svc._name == "root"
+
+
+def test_load_reads_files_and_text(tmp_path: Path) -> None:
+    path = tmp_path / "castore.toml"
+    path.write_text('[blobservices.root]\ntype = "memory"\n')
+    assert isinstance(load(path), MemoryBlobService)
+    assert isinstance(load(str(path)), MemoryBlobService)
+    assert isinstance(load(path.read_text()), MemoryBlobService)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "missing.toml")
+
+
+# --- errors name the instance and the key ------------------------------------------------
+
+
+def _error(text: str, name: str = "root") -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse(text).build(name)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("text", "instance", "key", "message"),
+    [
+        ('[blobservices.root]\ntype = "memroy"\n', "root", "type", "unknown type 'memroy'"),
+        ("[blobservices.root]\nnear = 'x'\n", "root", "type", "missing"),
+        (
+            '[blobservices.root]\ntype = "memory"\ncolour = "red"\n',
+            "root",
+            "colour",
+            "unknown key for type 'memory'",
+        ),
+        (
+            '[blobservices.root]\ntype = "combined"\nnear = "root"\n',
+            "root",
+            "far",
+            "missing; type 'combined' needs it",
+        ),
+        (
+            '[blobservices.root]\ntype = "stats"\ninner = "cahce"\n[blobservices.cache]\n'
+            'type = "memory"\n',
+            "root",
+            "inner",
+            "no instance named 'cahce' (did you mean 'cache'?)",
+        ),
+        (
+            '[blobservices.root]\ntype = "retry"\ninner = "m"\nmax_attempts = "3"\n'
+            '[blobservices.m]\ntype = "memory"\n',
+            "root",
+            "max_attempts",
+            "expected an integer",
+        ),
+        (
+            '[blobservices.root]\ntype = "retry"\ninner = "m"\nmax_attempts = 0\n'
+            '[blobservices.m]\ntype = "memory"\n',
+            "root",
+            "max_attempts",
+            "at least 1",
+        ),
+        (
+            '[blobservices.root]\ntype = "combined"\nnear = "m"\nfar = "m"\n'
+            'write_through = "yes"\n[blobservices.m]\ntype = "memory"\n',
+            "root",
+            "write_through",
+            "expected true or false",
+        ),
+        (
+            '[blobservices.root]\ntype = "cache"\ninner = "m"\nmax_bytes = "12 parsecs"\n'
+            '[blobservices.m]\ntype = "memory"\n',
+            "root",
+            "max_bytes",
+            "unknown unit",
+        ),
+        (
+            '[blobservices.root]\ntype = "objectstore"\nurl = "grpc+http://127.0.0.1:1"\n',
+            "root",
+            "url",
+            "needs a objectstore+… URL",
+        ),
+        (
+            '[blobservices.root]\nurl = "nosuch+scheme://x"\n',
+            "root",
+            "url",
+            "unknown scheme 'nosuch+scheme'",
+        ),
+        (
+            '[blobservices.root]\ntype = "objectstore"\nurl = "objectstore+memory:///"\n'
+            "options = { colour = 1 }\n",
+            "root",
+            "url",
+            "colour",
+        ),
+        (
+            '[blobservices.root]\ntype = "logging"\ninner = "m"\nlevel = "LOUD"\n'
+            '[blobservices.m]\ntype = "memory"\n',
+            "root",
+            "level",
+            "expected one of DEBUG",
+        ),
+    ],
+)
+def test_errors_name_the_bad_key(text: str, instance: str, key: str, message: str) -> None:
+    err = _error(text)
+    assert err.instance == instance and err.key == key
+    assert f"blobservices.{instance}.{key}" in str(err)
+    assert message in str(err)
+    assert isinstance(err, InvalidAddressError)  # callers of from_addr catch it too
+
+
+def test_cycles_are_reported_with_their_path() -> None:
+    err = _error(
+        """
+        [blobservices.root]
+        type = "combined"
+        near = "cache"
+        far = "remote"
+        [blobservices.cache]
+        type = "stats"
+        inner = "loop"
+        [blobservices.loop]
+        type = "retry"
+        inner = "cache"
+        [blobservices.remote]
+        type = "memory"
+        """
+    )
+    assert "reference cycle: cache -> loop -> cache" in str(err)
+    self_ref = _error('[blobservices.root]\ntype = "stats"\ninner = "root"\n')
+    assert "reference cycle: root -> root" in str(self_ref)
+
+
+def test_cycles_are_found_before_anything_is_built() -> None:
+    # The cycle is not reachable from root, and still rejected: the file is wrong.
+    with pytest.raises(ConfigError, match="reference cycle"):
+        parse(
+            '[blobservices.root]\ntype = "memory"\n'
+            '[blobservices.a]\ntype = "stats"\ninner = "b"\n'
+            '[blobservices.b]\ntype = "stats"\ninner = "a"\n'
+        )
+
+
+def test_file_level_errors() -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse("[blobservices.root\n")
+    with pytest.raises(ConfigError, match=r"no \[blobservices"):
+        parse("title = 'nothing'\n".replace("title", "blobservices"))
+    with pytest.raises(ConfigError, match="unknown top-level key") as info:
+        parse('[blobservices.root]\ntype = "memory"\n[directoryservices.root]\ntype = "x"\n')
+    assert info.value.key == "directoryservices"
+    with pytest.raises(ConfigError, match=r"no \[blobservices.nothere\] to build; defined: root"):
+        parse('[blobservices.root]\ntype = "memory"\n').build("nothere")
+    with pytest.raises(ConfigError, match=r"blobservices\.root: expected a table"):
+        parse('blobservices = { root = "memory://" }\n')
+
+
+def test_composition_from_a_mapping() -> None:
+    comp = Composition(
+        {"blobservices": {"root": {"type": "stats", "inner": "m"}, "m": {"type": "memory"}}},
+        source="inline",
+    )
+    svc: BlobService = comp.build()
+    assert isinstance(svc, StatsBlobService)
+    with pytest.raises(ConfigError, match=r"^inline: blobservices\.x\.type"):
+        Composition({"blobservices": {"x": {"type": 3}}}, source="inline")
