@@ -122,7 +122,13 @@ class BlobWriter(abc.ABC):
         try:
             self._digest = await self._finish()
         except BaseException as e:
-            self._error = e
+            # A cancelled close() stored nothing; a later close() must say so, not
+            # re-raise the cancellation into a caller that was not cancelled.
+            self._error = (
+                e
+                if isinstance(e, Exception)
+                else WriteAbortedError(f"close() was interrupted ({type(e).__name__})")
+            )
             await self._abort()
             raise
         return self._digest
