@@ -91,8 +91,9 @@ def _query(parts: SplitResult, shown: str) -> dict[str, str]:
 
 
 def _shown(parts: SplitResult) -> str:
-    """The URL without its query (which may hold credentials), for messages."""
-    return parts._replace(query="", fragment="").geturl()
+    """The URL without what may hold credentials (query, user info), for messages."""
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
 def _avg(opts: dict[str, str], shown: str) -> dict[str, Any]:
