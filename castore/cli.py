@@ -5,6 +5,8 @@ line each; ``castore get DIGEST [-o FILE]`` streams a blob to stdout or a file;
 ``castore stat DIGEST`` prints its size and chunks; ``castore has DIGEST`` answers with
 its exit code. The store is ``--store URL``, else ``$CASTORE_STORE``, else an embedded
 local store under the user's data folder, so ``castore put FILE`` works with no setup.
+``--config FILE`` instead builds the store from a composition file (the instance named
+``root``; see :mod:`castore.config`), e.g. a local cache in front of a gRPC server.
 
 Blobs are streamed in both directions, a few MiB at a time: neither ``put`` nor ``get``
 holds a whole blob in memory. Failures print one line on stderr, never a traceback (set
@@ -120,7 +122,24 @@ def _store_url(args: argparse.Namespace) -> str:
     return str(args.global_store or os.environ.get(STORE_ENV) or default_store_url())
 
 
+async def _open_config(path: str) -> BlobService:
+    """The ``root`` instance of the composition file at ``path``."""
+    from castore.config import parse
+
+    try:
+        text = await anyio.Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise _Failure(ExitCode.LOCAL_IO, f"cannot read the config file {path}: {e}") from e
+    try:
+        return parse(text, source=path).build()
+    except InvalidAddressError as e:
+        raise _Failure(ExitCode.BAD_STORE_URL, f"bad config: {e}") from e
+
+
 async def _open_store(args: argparse.Namespace) -> BlobService:
+    config = getattr(args, "global_config", None)
+    if config is not None:
+        return await _open_config(config)
     url = _store_url(args)
     if url == default_store_url():
         # The default works with no setup: its folder is created on first use.
@@ -424,6 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--store", dest="global_store", metavar="URL", default=argparse.SUPPRESS, help="the store"
     )
+    for p in (parser, common):
+        p.add_argument(
+            "--config",
+            dest="global_config",
+            metavar="FILE",
+            default=None if p is parser else argparse.SUPPRESS,
+            help="build the store from a composition file (its [blobservices.root]) "
+            "instead of --store",
+        )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -525,8 +553,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else ExitCode.USAGE
+    # A subcommand that declares its own --config (serve) gets the global one as default.
+    if hasattr(args, "config") and args.config is None:
+        args.config = args.global_config
+    config = getattr(args, "config", None) or args.global_config
+    if config is not None and (args.global_store or getattr(args, "store", None)):
+        parser.print_usage(sys.stderr)
+        _error("give --store or --config, not both")
+        return ExitCode.USAGE
     # A subcommand that declares its own --store (serve) gets the global one as default.
-    if getattr(args, "store", None) is None:
+    if getattr(args, "store", None) is None and config is None:
         args.store = _store_url(args)
     handler = getattr(args, "handler", None) or getattr(args, "func", None)
     if handler is None:  # pragma: no cover - argparse requires a command

@@ -9,7 +9,8 @@ listens on loopback by default (``grpc+unix:///path/to.sock`` for a unix socket)
 TLS with ``--tls-cert`` and ``--tls-key``, and on SIGINT or SIGTERM stops taking calls,
 lets the calls in flight finish (up to ``--grace`` seconds; a second signal cuts that
 short) and exits 0. It prints ``castore serve: listening on URL`` on stderr once ready,
-with the real port when ``--listen`` asked for port 0.
+with the real port when ``--listen`` asked for port 0. ``--config FILE`` serves the
+``root`` instance of a composition file (:mod:`castore.config`) instead of ``--store``.
 
 :mod:`castore.cli` registers the subcommand through :func:`add_parser`; ``python -m
 castore.serve`` runs it alone.
@@ -58,6 +59,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"grpc+http://HOST:PORT or grpc+unix:///PATH (default: {DEFAULT_LISTEN})",
     )
     p.add_argument("--store", default=None, metavar="URL", help="the store to serve")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="serve the root instance of this composition file instead of --store",
+    )
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     p.add_argument(
@@ -90,13 +97,23 @@ async def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="castore serve: %(message)s")
     store = args.store
-    if store is None:
+    config = getattr(args, "config", None)
+    if config is not None and store is not None:
+        raise InvalidAddressError("give --store or --config, not both")
+    if config is None and store is None:
         from castore.cli import default_store_path, default_store_url
 
         store = default_store_url()
         await anyio.Path(default_store_path()).mkdir(parents=True, exist_ok=True)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise InvalidAddressError("--tls-cert and --tls-key go together")
+    if config is not None:
+        from castore.config import parse
+
+        text = await anyio.Path(config).read_text(encoding="utf-8")
+        service = parse(text, source=config).build()
+    else:
+        service = from_addr(store)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -121,7 +138,7 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         async with (
-            from_addr(store) as service,
+            service,
             serve(
                 service,
                 args.listen,

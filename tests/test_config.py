@@ -301,3 +301,107 @@ def test_composition_from_a_mapping() -> None:
     assert isinstance(svc, StatsBlobService)
     with pytest.raises(ConfigError, match=r"^inline: blobservices\.x\.type"):
         Composition({"blobservices": {"x": {"type": 3}}}, source="inline")
+
+
+# --- castore --config and castore serve --config -----------------------------------------
+
+
+def _cache_in_front(tmp_path: Path, far: str) -> Path:
+    """A composition file: a local-disk near store in front of ``far``."""
+    path = tmp_path / "castore.toml"
+    path.write_text(
+        f"""
+        [blobservices.root]
+        type = "combined"
+        near = "cache"
+        far = "remote"
+
+        [blobservices.cache]
+        type = "objectstore"
+        url = "objectstore+file://{tmp_path / "near"}"
+
+        [blobservices.remote]
+        type = "retry"
+        inner = "far"
+
+        [blobservices.far]
+        url = "{far}"
+        """
+    )
+    return path
+
+
+def test_cli_config_reads_through_the_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from castore.cli import ExitCode, main
+
+    far = f"objectstore+file://{tmp_path / 'far'}"
+    near = f"objectstore+file://{tmp_path / 'near'}"
+    config = _cache_in_front(tmp_path, far)
+    src = tmp_path / "blob"
+    src.write_bytes(BLOB_B)
+    assert main(["--store", far, "put", str(src)]) == ExitCode.OK
+    digest = capsys.readouterr().out.split()[0]
+    assert main(["--store", near, "has", digest]) == ExitCode.NOT_FOUND
+
+    out = tmp_path / "out"
+    assert main(["--config", str(config), "get", digest, "-o", str(out)]) == ExitCode.OK
+    assert out.read_bytes() == BLOB_B
+    assert main(["--store", near, "has", digest]) == ExitCode.OK  # copied into near
+    # The option is also accepted after the command.
+    assert main(["has", "--config", str(config), digest]) == ExitCode.OK
+
+
+def test_cli_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from castore.cli import ExitCode, main
+
+    config = tmp_path / "bad.toml"
+    config.write_text('[blobservices.root]\ntype = "combined"\nnear = "a"\nfar = "b"\n')
+    digest = BLOB_B_DIGEST.hex()
+    assert main(["--config", str(config), "has", digest]) == ExitCode.BAD_STORE_URL
+    err = capsys.readouterr().err
+    assert "blobservices.root.near: no instance named 'a'" in err
+    assert len(err.strip().splitlines()) == 1
+    missing = str(tmp_path / "missing.toml")
+    assert main(["--config", missing, "has", digest]) == ExitCode.LOCAL_IO
+    assert "cannot read the config file" in capsys.readouterr().err
+    both = ["--config", str(config), "--store", "memory://", "has", digest]
+    assert main(both) == ExitCode.USAGE
+    assert "not both" in capsys.readouterr().err
+
+
+async def test_serve_config(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import anyio
+
+    import castore
+
+    backing = f"objectstore+file://{tmp_path / 'served'}"
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f'[blobservices.root]\ntype = "stats"\ninner = "disk"\n'
+        f'[blobservices.disk]\nurl = "{backing}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CASTORE_STORE", "CASTORE_DEBUG")}
+    command = [sys.executable, "-m", "castore", "--config", str(config), "serve"]
+    command += ["--listen", "grpc+http://127.0.0.1:0"]
+    async with await anyio.open_process(command, env=env, stderr=subprocess.PIPE) as proc:
+        assert proc.stderr is not None
+        seen = b""
+        with anyio.fail_after(30):
+            while b"listening on " not in seen or not seen.endswith(b"\n"):
+                seen += await proc.stderr.receive()
+        url = seen.decode().split("listening on ", 1)[1].split()[0]
+        async with castore.from_addr(url) as client:
+            assert await client.put(BLOB_B) == BLOB_B_DIGEST
+            assert await client.get(BLOB_B_DIGEST) == BLOB_B
+        proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            assert await proc.wait() == 0
+    async with castore.from_addr(backing) as disk:
+        assert await disk.has(BLOB_B_DIGEST)
