@@ -59,6 +59,7 @@ from castore.errors import (
     InvalidAddressError,
     InvalidDigestError,
     StoreError,
+    StoreUnavailableError,
 )
 from castore.registry import from_addr
 
@@ -160,7 +161,7 @@ def _parse_digest(text: str) -> B3Digest:
     try:
         return B3Digest.parse(text)
     except InvalidDigestError as e:
-        raise _Failure(ExitCode.BAD_DIGEST, f"{e}") from e
+        raise _Failure(ExitCode.BAD_DIGEST, f"bad digest: {e}") from e
 
 
 # -- progress -----------------------------------------------------------------------------
@@ -502,7 +503,13 @@ def _unavailable(reason: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
 
 
 def _error(message: str) -> None:
-    print(f"castore: {message}", file=sys.stderr, flush=True)
+    """Print ``castore: <message>`` on stderr, cut to its first line.
+
+    Store errors from obstore carry a many-line "Debug source" dump after the first line;
+    ``CASTORE_DEBUG=1`` shows it, with the traceback.
+    """
+    first = next((line for line in message.splitlines() if line.strip()), message)
+    print(f"castore: {first.strip()}", file=sys.stderr, flush=True)
 
 
 def _classify(exc: BaseException) -> tuple[int, str]:
@@ -517,6 +524,8 @@ def _classify(exc: BaseException) -> tuple[int, str]:
         return ExitCode.NOT_FOUND, f"not found: {exc}"
     if isinstance(exc, DataCorruptionError):
         return ExitCode.CORRUPT, f"corrupt data in the store: {exc}"
+    if isinstance(exc, StoreUnavailableError):
+        return ExitCode.STORE_FAILED, f"cannot reach the store: {exc}"
     if isinstance(exc, StoreError):
         return ExitCode.STORE_FAILED, f"the store failed: {exc}"
     if isinstance(exc, CastoreError):
@@ -547,7 +556,25 @@ def _run(handler: Callable[[argparse.Namespace], Any], args: argparse.Namespace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``castore`` command with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    """Run the ``castore`` command with ``argv``; returns the exit code.
+
+    Called with no ``argv`` (the ``castore`` script, ``python -m castore``) it is the whole
+    program: it flushes stdout and stderr and ends the process with :func:`os._exit`,
+    skipping interpreter shutdown. obstore's runtime threads can still be inside a Python
+    call when the interpreter finalizes, and CPython 3.11-3.13 then ends such a thread with
+    a forced unwind through Rust frames, which aborts the process (seen in most runs of
+    ``castore has`` on an unreachable S3 store). Nothing is left to clean up by then.
+    """
+    if argv is not None:
+        return _main(argv)
+    code = _main(None)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

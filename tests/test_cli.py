@@ -1,0 +1,361 @@
+"""The ``castore`` command, run as a real subprocess against temporary stores (local disk,
+the default store under a temporary data folder, SeaweedFS S3), and in-process where
+that reaches what a subprocess cannot (stdin, the parser)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import pty
+import random
+import select
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from castore import B3Digest, MemoryBlobService, registry
+from castore.cli import PROGRESS_MIN, ExitCode, default_store_url, main
+from castore.testing.seaweedfs import SeaweedFS
+
+HEX_EMPTY = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+
+
+def _data(n: int, seed: int = 0) -> bytes:
+    """``n`` pseudo-random bytes: FastCDC cuts them into chunks of ~256 KiB."""
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """An environment whose default store lives in tmp_path, with no CASTORE_STORE."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("CASTORE_STORE", "CASTORE_DEBUG")}
+    environ["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    environ["HOME"] = str(tmp_path / "home")
+    return environ
+
+
+def castore(
+    *args: str | Path, env: dict[str, str], stdin: bytes | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "castore", *map(str, args)],
+        input=stdin,
+        env=env,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def _check_clean_error(result: subprocess.CompletedProcess[bytes], code: int) -> str:
+    err = result.stderr.decode()
+    assert result.returncode == code, (result.returncode, err)
+    assert "Traceback" not in err
+    assert err.startswith("castore: ")
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+# -- subprocess, local disk ---------------------------------------------------------------
+
+
+def test_put_get_stat_has_on_local_disk(tmp_path: Path, env: dict[str, str]) -> None:
+    store = "objectstore+file://" + str(tmp_path / "store")
+    (tmp_path / "store").mkdir()
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"Hello World!")
+    big = tmp_path / "big.bin"
+    big.write_bytes(_data(3 * 1024 * 1024 + 17))
+
+    put = castore("--store", store, "put", small, big, env=env)
+    assert put.returncode == 0, put.stderr
+    lines = put.stdout.decode().splitlines()
+    assert lines == [
+        f"{B3Digest.of(small.read_bytes())}  {small}",
+        f"{B3Digest.of(big.read_bytes())}  {big}",
+    ]
+    big_digest = B3Digest.of(big.read_bytes())
+
+    # get accepts what put prints, hex and tvix's b3: form; to stdout and to a file.
+    got = castore("--store", store, "get", str(big_digest), env=env)
+    assert got.returncode == 0 and got.stdout == big.read_bytes()
+    out = tmp_path / "out.bin"
+    got = castore("get", "--store", store, big_digest.hex(), "-o", out, env=env)
+    assert got.returncode == 0 and got.stdout == b""
+    assert out.read_bytes() == big.read_bytes()
+    assert not list(tmp_path.glob(".out.bin.*"))
+    b3 = "b3:" + str(big_digest).removeprefix("blake3-")
+    got = castore("--store", store, "get", b3, env=env)
+    assert got.stdout == big.read_bytes()
+
+    stat = castore("--store", store, "stat", str(big_digest), "--json", env=env)
+    assert stat.returncode == 0, stat.stderr
+    doc = json.loads(stat.stdout)
+    assert doc["digest"] == str(big_digest) and doc["hex"] == big_digest.hex()
+    assert doc["size"] == big.stat().st_size
+    assert len(doc["chunks"]) > 1
+    assert sum(c["size"] for c in doc["chunks"]) == doc["size"]
+
+    stat = castore("--store", store, "stat", str(B3Digest.of(b"Hello World!")), env=env)
+    text = stat.stdout.decode()
+    assert stat.returncode == 0 and "size    12\n" in text and "chunks  1" in text
+
+    assert castore("--store", store, "has", str(big_digest), env=env).returncode == 0
+    missing = B3Digest.of(b"never stored")
+    has = castore("--store", store, "has", "-v", str(missing), env=env)
+    assert has.returncode == ExitCode.NOT_FOUND
+    assert has.stdout.decode() == f"{missing}  absent\n"
+
+
+def test_stdin_and_castore_store_env(tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / "store").mkdir()
+    env["CASTORE_STORE"] = "objectstore+file://" + str(tmp_path / "store")
+    data = _data(1_000_000, seed=1)
+    put = castore("put", "-", env=env, stdin=data)
+    assert put.returncode == 0, put.stderr
+    assert put.stdout.decode() == f"{B3Digest.of(data)}  -\n"
+    got = castore("get", str(B3Digest.of(data)), env=env)
+    assert got.stdout == data
+
+
+def test_default_store_needs_no_setup(tmp_path: Path, env: dict[str, str]) -> None:
+    source = tmp_path / "file.txt"
+    source.write_bytes(b"stored in the default store\n")
+    put = castore("put", source, env=env)
+    assert put.returncode == 0, put.stderr
+    digest = put.stdout.decode().split()[0]
+    assert (tmp_path / "xdg" / "castore" / "store").is_dir()
+    assert any((tmp_path / "xdg" / "castore" / "store").rglob("*"))
+    assert castore("get", digest, env=env).stdout == source.read_bytes()
+
+
+def test_console_script_is_installed(tmp_path: Path, env: dict[str, str]) -> None:
+    script = shutil.which("castore", path=sysconfig.get_path("scripts"))
+    assert script is not None, "the castore entry point is not installed"
+    result = subprocess.run([script, "--version"], env=env, capture_output=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.decode().startswith("castore ")
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def test_bad_digests_exit_3(tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / "s").mkdir()
+    store = "objectstore+file://" + str(tmp_path / "s")
+    for bad in ("zz", "blake3-!!!", "b3:AAAA", "ab" * 31):
+        for command in ("get", "stat", "has"):
+            err = _check_clean_error(
+                castore("--store", store, command, bad, env=env), ExitCode.BAD_DIGEST
+            )
+            assert "digest" in err
+
+
+def test_missing_blobs_exit_1(tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / "s").mkdir()
+    store = "objectstore+file://" + str(tmp_path / "s")
+    missing = str(B3Digest.of(b"missing"))
+    out = tmp_path / "out"
+    for args in (["get", missing], ["get", missing, "-o", str(out)], ["stat", missing]):
+        err = _check_clean_error(castore("--store", store, *args, env=env), ExitCode.NOT_FOUND)
+        assert "not in the store" in err
+    assert not out.exists()
+    assert castore("--store", store, "has", missing, env=env).returncode == ExitCode.NOT_FOUND
+
+
+def test_bad_store_urls_exit_4(env: dict[str, str]) -> None:
+    for url in ("nonsense", "foo://bar", "memory://x", "objectstore+nope://b"):
+        err = _check_clean_error(
+            castore("--store", url, "has", HEX_EMPTY, env=env), ExitCode.BAD_STORE_URL
+        )
+        assert "bad store URL" in err
+
+
+def test_unreadable_input_and_unwritable_output_exit_7(tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / "s").mkdir()
+    store = "objectstore+file://" + str(tmp_path / "s")
+    good = tmp_path / "good.txt"
+    good.write_bytes(b"good")
+    # A missing input is reported, the others are still stored.
+    result = castore("--store", store, "put", tmp_path / "missing", good, env=env)
+    assert result.returncode == ExitCode.LOCAL_IO
+    assert result.stdout.decode() == f"{B3Digest.of(b'good')}  {good}\n"
+    assert "cannot read" in result.stderr.decode() and "Traceback" not in result.stderr.decode()
+    digest = str(B3Digest.of(b"good"))
+    err = _check_clean_error(
+        castore("--store", store, "get", digest, "-o", tmp_path / "no" / "dir", env=env),
+        ExitCode.LOCAL_IO,
+    )
+    assert "cannot write" in err
+
+
+def test_usage_errors_exit_2(env: dict[str, str]) -> None:
+    for args in ([], ["get"], ["frobnicate"], ["put"], ["put", "-", "-"]):
+        result = castore(*args, env=env, stdin=b"")
+        assert result.returncode == ExitCode.USAGE, (args, result.stderr)
+        assert b"Traceback" not in result.stderr
+
+
+def test_closed_pipe_is_quiet(tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / "s").mkdir()
+    env["CASTORE_STORE"] = "objectstore+file://" + str(tmp_path / "s")
+    data = _data(20 * 1024 * 1024, seed=2)
+    put = castore("put", "-", env=env, stdin=data)
+    digest = put.stdout.split()[0].decode()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "castore", "get", digest],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == data[:10]
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == ExitCode.BROKEN_PIPE
+    assert b"Traceback" not in err and b"Exception ignored" not in err
+
+
+# -- S3 (SeaweedFS) -------------------------------------------------------------------------
+
+
+def test_put_get_through_s3_and_unreachable_store(
+    seaweedfs: SeaweedFS, castore_s3_url: str, tmp_path: Path, env: dict[str, str]
+) -> None:
+    data = _data(2 * 1024 * 1024, seed=3)
+    source = tmp_path / "data.bin"
+    source.write_bytes(data)
+    put = castore("--store", castore_s3_url, "put", source, env=env)
+    assert put.returncode == 0, put.stderr
+    digest = put.stdout.split()[0].decode()
+    assert castore("--store", castore_s3_url, "get", digest, env=env).stdout == data
+
+    # The same store with nothing listening: a clean "store failed" within seconds.
+    dead = castore_s3_url.replace(f"%3A{seaweedfs.ports.s3}", f"%3A{_closed_port()}")
+    assert dead != castore_s3_url
+    started = time.monotonic()
+    err = _check_clean_error(
+        castore("--store", dead, "has", digest, env=env, timeout=300), ExitCode.STORE_FAILED
+    )
+    assert "store" in err
+    assert time.monotonic() - started < 200
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- progress bar on a terminal -----------------------------------------------------------
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / "s").mkdir()
+    env["CASTORE_STORE"] = "objectstore+file://" + str(tmp_path / "s")
+    big = tmp_path / "big.bin"
+    big.write_bytes(_data(PROGRESS_MIN * 2, seed=4))
+
+    # stderr a pipe: no bar.
+    plain = castore("put", big, env=env)
+    assert plain.returncode == 0 and plain.stderr == b""
+
+    # stderr a real terminal: a bar drawn with carriage returns, then erased.
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "castore", "put", str(big)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+        )
+        os.close(follower)
+        follower = -1
+        stdout, _ = proc.communicate(timeout=120)
+        seen = b""
+        while select.select([leader], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert proc.returncode == 0
+    assert stdout.decode() == f"{B3Digest.of(big.read_bytes())}  {big}\n"
+    assert b"\r" in seen and b"MiB" in seen and b"%" in seen and b"/s" in seen
+    assert seen.endswith(b"\r\x1b[K")
+
+
+# -- in-process -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shared_memory(monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryBlobService]:
+    """One MemoryBlobService behind ``clitest://``, shared by several ``main()`` calls."""
+    service = MemoryBlobService()
+    monkeypatch.setitem(registry._REGISTRY, "clitest", lambda parts: service)
+    monkeypatch.delenv("CASTORE_STORE", raising=False)
+    yield service
+
+
+def test_in_process_round_trip_through_stdin(
+    shared_memory: MemoryBlobService,
+    monkeypatch: pytest.MonkeyPatch,
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    data = b"from stdin " * 5000
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert main(["--store", "clitest://", "put", "-"]) == 0
+    digest = B3Digest.of(data)
+    assert capsysbinary.readouterr().out == f"{digest}  -\n".encode()
+    assert len(shared_memory) == 1
+
+    assert main(["--store", "clitest://", "get", digest.hex()]) == 0
+    assert capsysbinary.readouterr().out == data
+
+    assert main(["--store", "clitest://", "stat", str(digest)]) == 0
+    out = capsysbinary.readouterr().out.decode()
+    assert f"size    {len(data)}\n" in out and "stored whole" in out
+
+    assert main(["--store", "clitest://", "has", str(digest)]) == 0
+    assert main(["--store", "clitest://", "has", HEX_EMPTY]) == ExitCode.NOT_FOUND
+
+
+def test_in_process_errors_and_debug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CASTORE_STORE", raising=False)
+    assert main(["--store", "memory://", "get", "nope"]) == ExitCode.BAD_DIGEST
+    err = capsys.readouterr().err
+    assert err.startswith("castore: bad digest: not a digest") and "Traceback" not in err
+    monkeypatch.setenv("CASTORE_DEBUG", "1")
+    with pytest.raises(Exception, match="unknown scheme"):
+        main(["--store", "bogus://", "has", HEX_EMPTY])
+
+
+def test_default_store_url_is_under_the_user_data_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", "/some/where")
+    assert default_store_url() == "objectstore+file:///some/where/castore/store"
+
+
+def test_serve_is_offered_when_castore_serve_exists(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    for command in ("put", "get", "stat", "has"):
+        assert command in usage
+    has_serve = importlib.util.find_spec("castore.serve") is not None
+    assert ("serve" in usage) is has_serve
