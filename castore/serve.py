@@ -11,6 +11,9 @@ lets the calls in flight finish (up to ``--grace`` seconds; a second signal cuts
 short) and exits 0. It prints ``castore serve: listening on URL`` on stderr once ready,
 with the real port when ``--listen`` asked for port 0. ``--config FILE`` serves the
 ``root`` instance of a composition file (:mod:`castore.config`) instead of ``--store``.
+``--http HOST:PORT`` also serves the HTTP gateway (:mod:`castore.http`, on uvicorn: ``pip
+install 'castore[http]'``) over the same store, in the same event loop; ``--no-grpc`` serves
+only that. It prints ``castore serve: HTTP gateway on URL`` once ready.
 
 :mod:`castore.cli` registers the subcommand through :func:`add_parser`; ``python -m
 castore.serve`` runs it alone.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -88,8 +92,34 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGINT/SIGTERM, how long calls in flight may finish (default: 30)",
     )
+    p.add_argument(
+        "--http",
+        default=None,
+        type=_http_address,
+        metavar="HOST:PORT",
+        help="also serve the HTTP gateway (castore.http) here; needs castore[http]",
+    )
+    p.add_argument("--no-grpc", action="store_true", help="serve only --http, no gRPC")
+    p.add_argument(
+        "--max-upload",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="the HTTP gateway's limit on one upload (default: 1 GiB)",
+    )
     p.set_defaults(handler=run)
     return p
+
+
+def _http_address(text: str) -> str:
+    """Check ``--http HOST:PORT`` while parsing, so a typo is a usage error."""
+    from castore.http import parse_http_address
+
+    try:
+        parse_http_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -107,6 +137,12 @@ async def run(args: argparse.Namespace) -> int:
         await anyio.Path(default_store_path()).mkdir(parents=True, exist_ok=True)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise InvalidAddressError("--tls-cert and --tls-key go together")
+    http_address = getattr(args, "http", None)
+    no_grpc = bool(getattr(args, "no_grpc", False))
+    if no_grpc and http_address is None:
+        raise InvalidAddressError(
+            "--no-grpc needs --http HOST:PORT: there would be nothing to serve"
+        )
     if config is not None:
         from castore.config import parse
 
@@ -137,19 +173,31 @@ async def run(args: argparse.Namespace) -> int:
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        async with (
-            service,
-            serve(
-                service,
-                args.listen,
-                tls_cert=args.tls_cert,
-                tls_key=args.tls_key,
-                max_message_size=args.max_message_size,
-                read_message_size=args.read_message_size,
-                grace=args.grace,
-            ) as running,
-        ):
-            print(f"castore serve: listening on {running.url}", file=sys.stderr, flush=True)
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(service)
+            if not no_grpc:
+                running = await stack.enter_async_context(
+                    serve(
+                        service,
+                        args.listen,
+                        tls_cert=args.tls_cert,
+                        tls_key=args.tls_key,
+                        max_message_size=args.max_message_size,
+                        read_message_size=args.read_message_size,
+                        grace=args.grace,
+                    )
+                )
+                print(f"castore serve: listening on {running.url}", file=sys.stderr, flush=True)
+            if http_address is not None:
+                from castore.http import DEFAULT_MAX_UPLOAD, serve_http
+
+                max_upload = getattr(args, "max_upload", None)
+                if max_upload is None:
+                    max_upload = DEFAULT_MAX_UPLOAD
+                http_url = await stack.enter_async_context(
+                    serve_http(service, http_address, max_upload=max_upload, grace=args.grace)
+                )
+                print(f"castore serve: HTTP gateway on {http_url}", file=sys.stderr, flush=True)
             await stop.wait()
     finally:
         # Removed only now, so that a second signal can cut the drain short.

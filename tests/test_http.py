@@ -12,20 +12,25 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import shutil
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 import uvicorn
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from castore import B3Digest, BlobService, ChunkMeta, MemoryBlobService, from_addr
 from castore.blobservice import BlobReader, BlobWriter
-from castore.http import UNSATISFIABLE, app, parse_range
+from castore.http import UNSATISFIABLE, app, parse_http_address, parse_range, serve_http
 from castore.testing.conformance import pseudo_random_bytes
 from castore.testing.faults import Fault, FaultyBlobService
 
@@ -551,3 +556,123 @@ async def test_corrupt_chunk_on_disk(castore_local_url: str) -> None:
         await anyio.to_thread.run_sync(damage, 0)
         r = await client.get(f"/blobs/{digest.hex()}")
         assert (r.status_code, r.json()["error"]) == (502, "data_corruption")
+
+
+# --- castore serve --http -----------------------------------------------------------
+
+
+class _ServeProcess:
+    """``python -m castore serve …`` in a subprocess, its stderr collected as it runs."""
+
+    def __init__(self, process: anyio.abc.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self.changed = anyio.Event()
+
+    async def collect(self) -> None:
+        assert self.process.stderr is not None
+        buffered = BufferedByteReceiveStream(self.process.stderr)
+        while True:
+            try:
+                line = await buffered.receive_until(b"\n", 1 << 16)
+            except (anyio.EndOfStream, anyio.IncompleteRead):
+                break
+            self.lines.append(line.decode())
+            self.changed.set()
+            self.changed = anyio.Event()
+        self.changed.set()
+
+    async def url_after(self, prefix: str) -> str:
+        with anyio.fail_after(30):
+            while True:
+                for line in self.lines:
+                    if line.startswith(prefix):
+                        return line[len(prefix) :].strip()
+                if self.process.returncode is not None:
+                    raise AssertionError("castore serve exited:\n" + "\n".join(self.lines))
+                await self.changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def castore_serve(*args: str) -> AsyncIterator[_ServeProcess]:
+    command = [sys.executable, "-m", "castore", "serve", *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASTORE_")}
+    async with await anyio.open_process(command, env=env) as process:
+        served = _ServeProcess(process)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(served.collect)
+            try:
+                yield served
+            finally:
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+                with anyio.fail_after(30):
+                    await process.wait()
+
+
+async def test_castore_serve_http_beside_grpc(tmp_path: Path) -> None:
+    """One process, one store, two protocols: what goes in over one comes out of the other."""
+    store = "objectstore+file://" + quote(str(tmp_path / "store"))
+    async with castore_serve(
+        "--store", store, "--listen", "grpc+http://127.0.0.1:0", "--http", "127.0.0.1:0"
+    ) as served:
+        grpc_url = await served.url_after("castore serve: listening on ")
+        http_url = await served.url_after("castore serve: HTTP gateway on ")
+        async with httpx.AsyncClient(base_url=http_url) as client, from_addr(grpc_url) as grpc:
+            r = await client.put("/blobs", content=DATA)
+            assert r.status_code == 201
+            assert await grpc.get(DATA_DIGEST) == DATA
+            other = pseudo_random_bytes(700_000, seed=73)
+            digest = await grpc.put(other)
+            r = await client.get(f"/blobs/{digest.hex()}", headers={"Range": "bytes=-70000"})
+            assert (r.status_code, r.content) == (206, other[-70_000:])
+    assert served.process.returncode == 0, served.lines
+    assert not any("Traceback" in line for line in served.lines), served.lines
+
+
+async def test_castore_serve_http_only() -> None:
+    async with castore_serve(
+        "--store", "memory://", "--http", "127.0.0.1:0", "--no-grpc", "--max-upload", "1000"
+    ) as served:
+        http_url = await served.url_after("castore serve: HTTP gateway on ")
+        async with httpx.AsyncClient(base_url=http_url) as client:
+            r = await client.put("/blobs", content=b"x" * 1000)
+            assert r.status_code == 201
+            r = await client.put("/blobs", content=b"x" * 1001)
+            assert r.status_code == 413
+    assert served.process.returncode == 0, served.lines
+    assert not any(line.startswith("castore serve: listening on") for line in served.lines)
+
+    # Usage errors: nothing to serve, or an address that is not HOST:PORT.
+    for bad in (["--no-grpc"], ["--http", "localhost"], ["--http", "127.0.0.1:99999"]):
+        result = await anyio.run_process(
+            [sys.executable, "-m", "castore", "serve", "--store", "memory://", *bad], check=False
+        )
+        assert result.returncode != 0, bad
+        assert b"HOST:PORT" in result.stderr, result.stderr
+
+
+async def test_serve_http_in_process() -> None:
+    """``serve_http`` in the caller's loop: the caller's exceptions pass through as they are."""
+    svc = MemoryBlobService()
+    with pytest.raises(KeyError):
+        async with serve_http(svc, "127.0.0.1:0", access_log=False) as base:
+            async with httpx.AsyncClient(base_url=base) as client:
+                r = await client.put("/blobs", content=b"in process")
+                assert r.status_code == 201
+            raise KeyError("the caller's own error")
+    assert await svc.get(B3Digest.of(b"in process")) == b"in process"
+    # The port is free again: the server closed its socket.
+    port = int(base.rsplit(":", 1)[1])
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+
+
+def test_parse_http_address() -> None:
+    assert parse_http_address("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert parse_http_address("[::1]:0") == ("::1", 0)
+    assert parse_http_address("localhost:80") == ("localhost", 80)
+    for bad in ("8080", ":8080", "host:", "host:http", "host:70000", ""):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            parse_http_address(bad)
