@@ -526,6 +526,14 @@ async def test_store_failure_mid_body_cuts_the_connection() -> None:
             async with httpx.AsyncClient(base_url=base) as client:
                 with pytest.raises(httpx.RemoteProtocolError):
                     await client.get(f"/blobs/{digest.hex()}")
+        if shutil.which("curl"):
+            # curl reports the cut as a partial transfer (exit code 18).
+            faulty.clear()
+            faulty.plan("read", Fault.ERROR, nth=3)
+            result = await anyio.run_process(
+                ["curl", "-sS", "-o", "/dev/null", f"{base}/blobs/{digest.hex()}"], check=False
+            )
+            assert result.returncode == 18, result.stderr
         faulty.clear()
         async with httpx.AsyncClient(base_url=base) as client:
             assert (await client.get(f"/blobs/{digest.hex()}")).content == DATA
