@@ -266,6 +266,8 @@ _MEMORY_SCRIPT = textwrap.dedent(
             return None
         async def get_async(self, key):
             return None
+        def exists(self, key):
+            return False
         async def exists_async(self, key):
             return False
         def put_new(self, key, data):

@@ -48,8 +48,12 @@ class StoreAdapter(abc.ABC):
         """:meth:`get` without blocking the event loop."""
 
     @abc.abstractmethod
-    async def exists_async(self, key: str) -> bool:
+    def exists(self, key: str) -> bool:
         """Whether the object exists (a HEAD, not a listing)."""
+
+    @abc.abstractmethod
+    async def exists_async(self, key: str) -> bool:
+        """:meth:`exists` without blocking the event loop."""
 
     @abc.abstractmethod
     def put_new(self, key: str, data: Buffer) -> bool:

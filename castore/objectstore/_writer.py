@@ -8,8 +8,8 @@
     worker thread, one job per segment:
         in segment order: FastCDC cut (the unfinished last chunk is carried to the next
         segment) and the whole-blob BLAKE3
-        then in parallel with the other worker: BLAKE3 of each chunk, one zstd call for
-        all of the segment's chunks, and, for in-process stores, the conditional puts
+        then in parallel with the other worker: BLAKE3 of each chunk, and for each new
+        chunk a zstd frame and, for in-process stores, the conditional put
     back on the loop: for remote stores, concurrent conditional puts (bounded in count
         and bytes); after the last chunk is stored, the blob index
 
@@ -34,14 +34,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from array import array
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import blake3
-import zstandard
 
 from castore._digest import B3Digest
 from castore.blobservice import BlobWriter
@@ -144,18 +142,12 @@ class _Done:
         digests: list[bytes],
         sizes: list[int],
         keys: list[str],
-        frames: zstandard.BufferWithSegmentsCollection | None,
+        frames: list[bytes],
     ) -> None:
         self.digests = digests
         self.sizes = sizes
         self.keys = keys
         self.frames = frames
-
-
-def _frame(frames: zstandard.BufferWithSegmentsCollection | None, i: int) -> Buffer:
-    # A zstd BufferSegment exports the buffer protocol (read-only); its stub does not say so.
-    assert frames is not None
-    return cast("Buffer", frames[i])
 
 
 class _Abandoned(Exception):
@@ -189,42 +181,44 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
         seg.gate.set()
 
     if not ends:
-        return _Done([], [], [], None)
+        return _Done([], [], [], [])
     mv = memoryview(buf).cast("B")
     digests: list[bytes] = []
     sizes: list[int] = []
     keys: list[str] = []
-    # (offset, length) pairs of the chunks to compress; repeats within the segment
-    # (runs of zeros, say) are stored once.
-    spans = array("Q")
+    frames: list[bytes] = []
+    # Repeats within the segment (runs of zeros, say) are compressed and stored once.
     seen: set[bytes] = set()
     chunk_key = blob.layout.chunk
+    # One zstd call per chunk: measured cheaper than multi_compress_to_buffer, whose
+    # one large output buffer per call costs more in page faults than it saves.
+    compress = compressor().compress
+    adapter = blob.adapter if blob.sync_put else None
     start = 0
     for end in ends:
-        d = blake3.blake3(mv[start:end], max_threads=1).digest()
+        piece = mv[start:end]
+        d = blake3.blake3(piece, max_threads=1).digest()
         digests.append(d)
         sizes.append(end - start)
-        if d not in seen:
-            seen.add(d)
-            keys.append(chunk_key(d))
-            spans.append(start)
-            spans.append(end - start)
         start = end
-    frames = compressor().multi_compress_to_buffer(
-        zstandard.BufferWithSegments(mv, memoryview(spans).cast("B"))
-    )
-    del mv, buf
-    if not blob.sync_put:
-        return _Done(digests, sizes, keys, frames)
-    put_new = blob.adapter.put_new
-    for i, key in enumerate(keys):
+        if d in seen:
+            continue
+        seen.add(d)
+        key = chunk_key(d)
+        if adapter is None:
+            keys.append(key)
+            frames.append(compress(piece))
+            continue
         if blob.aborted:
             raise _Abandoned
         try:
-            put_new(key, _frame(frames, i))
+            # In-process stores answer existence in microseconds: skip compressing a
+            # chunk that is already stored (re-ingesting known data costs no zstd).
+            if not adapter.exists(key):
+                adapter.put_new(key, compress(piece))
         except Exception as e:
             raise translate_store_error(e, f"storing chunk {key}") from e
-    return _Done(digests, sizes, keys, None)
+    return _Done(digests, sizes, keys, frames)
 
 
 class _Uploads:
@@ -306,9 +300,8 @@ async def _consume(
         digests.extend(done.digests)
         sizes.extend(done.sizes)
         if uploads is not None:
-            frames = done.frames
-            for i, key in enumerate(done.keys):
-                await uploads.add(key, _frame(frames, i))
+            for key, frame in zip(done.keys, done.frames, strict=True):
+                await uploads.add(key, frame)
 
     try:
         pieces: list[Piece] = []
