@@ -3,18 +3,23 @@ fixture from castore's pytest plugin), through an ``objectstore+s3://`` URL."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+import anyio.to_thread
 import obstore
 import pytest
 
-from castore import BlobService, ObjectStoreBlobService, from_addr
+from castore import B3Digest, BlobService, ObjectStoreBlobService, StoreError, from_addr
+from castore.errors import StoreUnavailableError
 from castore.objectstore import ObstoreAdapter
 from castore.testing.conformance import BlobServiceConformance, pseudo_random_bytes
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
+
+    from castore.testing.seaweedfs import SeaweedFS
 
 
 class TestObjectStoreS3(BlobServiceConformance):
@@ -62,3 +67,28 @@ async def test_s3_layout_and_dedup(castore_s3_url: str) -> None:
     assert counting.written == len({c.digest for c in chunks}), "a chunk was written twice"
     # A different service instance (another node) sees the same blob.
     assert await plain.get(digest) == data
+
+
+async def test_s3_dies_mid_upload(seaweedfs: SeaweedFS, castore_s3_url: str) -> None:
+    """The server is killed while a blob streams in: close() raises a store error within
+    seconds, no index is written, and once the server is back the same bytes go in."""
+    url = castore_s3_url + "&max_retries=1&retry_timeout=3&connect_timeout=1s&timeout=5s"
+    svc = from_addr(url)
+    data = pseudo_random_bytes(24 << 20, seed=12)
+    digest = B3Digest.of(data)
+    writer = await svc.open_write()
+    await writer.write(data[: 4 << 20])
+    await anyio.to_thread.run_sync(seaweedfs.kill)
+    try:
+        start = time.monotonic()
+        with pytest.raises(StoreError) as info:
+            for i in range(4 << 20, len(data), 1 << 20):
+                await writer.write(data[i : i + (1 << 20)])
+            await writer.close()
+        assert time.monotonic() - start < 30
+        assert isinstance(info.value, StoreUnavailableError), repr(info.value)
+    finally:
+        await anyio.to_thread.run_sync(seaweedfs.start)
+    assert not await svc.has(digest)
+    assert await svc.put(data) == digest
+    assert await svc.get(digest) == data
