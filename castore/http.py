@@ -332,7 +332,9 @@ class BlobGateway:
             await self._blob(scope, receive, send, _parse_digest(rest), method == "HEAD")
         except _HTTPError as e:
             if e.status >= 500:
-                _log.warning("%s %s -> %d: %s", method, path, e.status, e.detail)
+                # A 500 is a bug somewhere below: keep its traceback for the log.
+                cause = e.__cause__ if e.status == 500 else None
+                _log.warning("%s %s -> %d: %s", method, path, e.status, e.detail, exc_info=cause)
             await _send_error(send, e)
 
     # --- reads -------------------------------------------------------------------------
