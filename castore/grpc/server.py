@@ -26,9 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
+import os
+import socket
 import ssl
+import stat
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -218,26 +222,36 @@ class BlobServiceServicer(BlobServiceBase):
     # Stream-level handlers: size limits, the in-flight count, and closing the reader.
 
     @contextlib.asynccontextmanager
-    async def _call(self) -> AsyncIterator[None]:
+    async def _call(self, stream: _Stream) -> AsyncIterator[None]:
         if self._draining:
             raise GRPCError(Status.UNAVAILABLE, "the server is shutting down")
         self._inflight += 1
         try:
             yield
+        except asyncio.CancelledError:
+            if self._draining:
+                # Stopped after the grace period: grpclib would drop the call silently,
+                # leaving the client waiting on an open connection. Tell it instead.
+                with contextlib.suppress(Exception):
+                    await stream.send_trailing_metadata(
+                        status=Status.UNAVAILABLE,
+                        status_message="the server stopped before the call finished",
+                    )
+            raise
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._wake.set()
 
     async def _rpc_stat(self, stream: _Stream) -> None:
-        async with self._call():
+        async with self._call(stream):
             request = await _recv(stream, StatBlobRequest, self.max_message_size)
             if request is None:
                 raise GRPCError(Status.INVALID_ARGUMENT, "Stat: no request message")
             await stream.send_message(await self.stat(request))
 
     async def _rpc_read(self, stream: _Stream) -> None:
-        async with self._call():
+        async with self._call(stream):
             request = await _recv(stream, ReadBlobRequest, self.max_message_size)
             if request is None:
                 raise GRPCError(Status.INVALID_ARGUMENT, "Read: no request message")
@@ -247,7 +261,7 @@ class BlobServiceServicer(BlobServiceBase):
                     await stream.send_message(chunk)
 
     async def _rpc_put(self, stream: _Stream) -> None:
-        async with self._call():
+        async with self._call(stream):
             limit = self.max_message_size
 
             async def messages() -> AsyncIterator[BlobChunk]:
@@ -366,7 +380,12 @@ async def serve(
     )
     server = grpclib.server.Server([servicer])
     if endpoint.path is not None:
-        await server.start(path=endpoint.path, ssl=ssl_context)
+        sock = await anyio.to_thread.run_sync(_bind_unix, endpoint.path)
+        try:
+            await server.start(sock=sock, ssl=ssl_context)
+        except BaseException:
+            sock.close()
+            raise
         bound = Endpoint(path=endpoint.path)
     else:
         await server.start(endpoint.host, endpoint.port, ssl=ssl_context)
@@ -378,6 +397,29 @@ async def serve(
     finally:
         with anyio.CancelScope(shield=True):
             await _stop(running, grace)
+
+
+def _bind_unix(path: str) -> socket.socket:
+    """A listening unix socket at ``path``, replacing a stale socket file left by a
+    server that died, but never a live server's socket nor a file that is not a socket."""
+    if os.path.exists(path):
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise InvalidAddressError(f"{path} exists and is not a socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # nobody listens: stale
+            else:
+                raise OSError(errno.EADDRINUSE, f"a server is listening on {path} already")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(100)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _listener(server: grpclib.server.Server) -> asyncio.AbstractServer | None:
