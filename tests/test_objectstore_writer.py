@@ -106,6 +106,11 @@ async def _no_pending_writer_tasks() -> None:
             await anyio.sleep(0.01)
 
 
+@pytest.fixture(scope="module")
+def unique_64mib() -> bytes:
+    return pseudo_random_bytes(64 << 20, seed=4)
+
+
 # --- store faults ----------------------------------------------------------------------
 
 
@@ -167,15 +172,15 @@ async def test_fault_surfaces_on_write() -> None:
 
 
 @pytest.mark.parametrize("in_process", [True, False], ids=["sync-puts", "async-puts"])
-async def test_cancelled_write(in_process: bool) -> None:
+async def test_cancelled_write(in_process: bool, unique_64mib: bytes) -> None:
     store = MemoryStore()
     adapter = SlowAdapter(store, 0.02, in_process=in_process)
     svc = ObjectStoreBlobService(adapter, pipeline=SMALL_SEGMENTS)
     writer = await svc.open_write()
-    piece = pseudo_random_bytes(1 << 20, seed=4)
+    data = unique_64mib  # no repeats: every chunk is a slow put
     with anyio.move_on_after(0.3) as scope:
-        for _ in range(64):
-            await writer.write(piece)
+        for i in range(0, len(data), 1 << 20):
+            await writer.write(data[i : i + (1 << 20)])
     assert scope.cancelled_caught, "backpressure should have held the writer back"
     with pytest.raises(WriteAbortedError):
         await writer.close()

@@ -7,7 +7,8 @@
         keeps at most 3 segments in flight
     worker thread, one job per segment:
         in segment order: FastCDC cut (the unfinished last chunk is carried to the next
-        segment) and the whole-blob BLAKE3
+        segment), then the whole-blob BLAKE3 (a second ordered step, so that one worker
+        can cut the next segment while the other hashes this one)
         then in parallel with the other worker: BLAKE3 of each chunk, and for each new
         chunk a zstd frame and, for in-process stores, the conditional put
     back on the loop: for remote stores, concurrent conditional puts (bounded in count
@@ -119,17 +120,28 @@ class _Blob:
 
 
 class _Segment:
-    """One job's input; ``pieces`` is dropped as soon as it has been cut."""
+    """One job's input and the gates that keep the in-order steps in segment order.
 
-    __slots__ = ("eof", "gate", "pieces", "prev")
+    ``prev_cut``/``cut`` order the FastCDC cuts, ``prev_hashed``/``hashed`` the updates
+    of the whole-blob BLAKE3. Two chains rather than one let one worker cut segment
+    ``i + 1`` while the other hashes segment ``i``.
+    """
+
+    __slots__ = ("cut", "eof", "hashed", "pieces", "prev_cut", "prev_hashed")
 
     def __init__(
-        self, pieces: list[Piece], eof: bool, prev: threading.Event, gate: threading.Event
+        self,
+        pieces: list[Piece],
+        eof: bool,
+        prev_cut: threading.Event,
+        prev_hashed: threading.Event,
     ) -> None:
         self.pieces = pieces
         self.eof = eof
-        self.prev = prev
-        self.gate = gate
+        self.prev_cut = prev_cut
+        self.prev_hashed = prev_hashed
+        self.cut = threading.Event()
+        self.hashed = threading.Event()
 
 
 class _Done:
@@ -154,31 +166,38 @@ class _Abandoned(Exception):
     """Raised inside a job whose blob was aborted; never reaches a caller."""
 
 
+def _wait_turn(blob: _Blob, gate: threading.Event) -> None:
+    # The previous segment's job was queued earlier, so it is running or done; a job
+    # that was never run can only belong to an aborted blob.
+    while not gate.wait(0.1):
+        if blob.aborted:
+            raise _Abandoned
+    if blob.aborted:
+        raise _Abandoned
+
+
 def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
     """A worker job: cut and hash in order, then hash, compress and store the chunks."""
     try:
-        # The previous segment's job was queued earlier, so it is running or done.
-        while not seg.prev.wait(0.1):
-            if blob.aborted:
-                raise _Abandoned
-        if blob.aborted:
-            raise _Abandoned
-        try:
-            pieces = seg.pieces
-            buf, ends = blob.chunker.feed(pieces, seg.eof)
-            update = blob.hasher.update
-            for p in pieces:
-                update(p)
-            if seg.eof:
-                blob.digest = blob.hasher.digest()
-        except BaseException:
-            # The chunker's state is unknown now: no later segment may use it.
-            blob.aborted = True
-            raise
-        seg.pieces = []
+        _wait_turn(blob, seg.prev_cut)
+        pieces = seg.pieces
+        buf, ends = blob.chunker.feed(pieces, seg.eof)
+        seg.cut.set()
+        _wait_turn(blob, seg.prev_hashed)
+        update = blob.hasher.update
+        for p in pieces:
+            update(p)
+        if seg.eof:
+            blob.digest = blob.hasher.digest()
         del pieces
+    except BaseException:
+        # The chunker's or the hasher's state is unknown now: no later segment may go on.
+        blob.aborted = True
+        raise
     finally:
-        seg.gate.set()
+        seg.cut.set()
+        seg.hashed.set()
+        seg.pieces = []
 
     if not ends:
         return _Done([], [], [], [])
@@ -283,14 +302,14 @@ async def _consume(
     uploads = None if blob.sync_put else _Uploads(blob.adapter, cfg.uploads, cfg.upload_bytes)
     digests: list[bytes] = []
     sizes: list[int] = []
-    gate = threading.Event()
-    gate.set()
+    last = _Segment([], False, threading.Event(), threading.Event())
+    last.cut.set()
+    last.hashed.set()
 
     def submit(pieces: list[Piece], eof: bool) -> None:
-        nonlocal gate
-        seg = _Segment(pieces, eof, gate, threading.Event())
-        gate = seg.gate
-        inflight.append(asyncio.wrap_future(pool.submit(_run_segment, blob, seg)))
+        nonlocal last
+        last = _Segment(pieces, eof, last.cut, last.hashed)
+        inflight.append(asyncio.wrap_future(pool.submit(_run_segment, blob, last)))
 
     async def collect() -> None:
         # Shielded: cancelling the consumer must not cancel a queued job, whose
