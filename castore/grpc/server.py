@@ -391,7 +391,7 @@ async def serve(
         await server.start(endpoint.host, endpoint.port, ssl=ssl_context)
         bound = Endpoint(host=endpoint.host, port=_bound_port(server, endpoint), tls=tls)
     running = RunningServer(bound, servicer, server)
-    log.info("castore gRPC server listening on %s", bound.url)
+    log.debug("castore gRPC server listening on %s", bound.url)
     try:
         yield running
     finally:
