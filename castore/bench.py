@@ -96,6 +96,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="size of the file of the dedup section (default 64M; --quick: 2M)",
     )
     p.add_argument(
+        "--versions",
+        type=int,
+        default=None,
+        help="versions in the dedup section (default 10; --quick: 3)",
+    )
+    p.add_argument(
         "--repeat",
         type=int,
         default=None,
@@ -183,6 +189,8 @@ def command_line(args: argparse.Namespace) -> str:
     ):
         if value is not None:
             argv += [flag, _fmt_size(value)]
+    if args.versions is not None:
+        argv += ["--versions", str(args.versions)]
     if args.repeat is not None:
         argv += ["--repeat", str(args.repeat)]
     if args.only:
@@ -209,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
     size = args.size or ((8 << 20) if quick else (512 << 20))
     rss_size = args.rss_size or ((32 << 20) if quick else (2 << 30))
     versions_size = args.versions_size or ((2 << 20) if quick else (64 << 20))
+    versions_count = max(2, args.versions or (3 if quick else 10))
     repeat = max(1, args.repeat or (1 if quick else 3))
     sections: set[str] = set(args.only) if args.only else set(SECTIONS) - {"peers"}
     if args.peers:
@@ -238,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         if "latency" in sections:
             _latency(res, size, repeat, work, args.delay, datasets)
         if "dedup" in sections or "peers" in sections:
-            _dedup(res, sections, versions_size, work, tools, datasets)
+            _dedup(res, sections, versions_size, versions_count, work, tools, datasets)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res.load.append(os.getloadavg())
@@ -275,7 +284,7 @@ def _datasets(
         data = make(size)
         if sections & {"limits", "ingest", "read"}:
             _progress(f"stage limits, {name}")
-            res.limits[name] = measure_limits(name, data, repeat)
+            res.limits[name] = measure_limits(name, data, work, repeat)
         if sections & {"ingest", "read"}:
             pieces = datasets.split(data)
             kinds = [StoreKind("memory"), StoreKind("file", work)]
@@ -336,12 +345,13 @@ def _dedup(
     res: Any,
     sections: set[str],
     versions_size: int,
+    versions_count: int,
     work: pathlib.Path,
     tools: list[Any],
     datasets: Any,
 ) -> None:
-    _progress(f"versions set, 10 x {versions_size >> 20} MiB")
-    versions = list(datasets.versions(versions_size))
+    _progress(f"versions set, {versions_count} x {versions_size >> 20} MiB")
+    versions = list(datasets.versions(versions_size, versions_count))
     if "dedup" in sections:
         from castore._bench.dedup import measure_dedup
 
