@@ -4,6 +4,7 @@ tables. Nothing here checks a speed; the benchmark itself measures that."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import pathlib
 import re
 import subprocess
@@ -54,7 +55,15 @@ def test_quick_run_writes_a_well_formed_report(
 ) -> None:
     out = tmp_path / "benchmarks.md"
     code = bench.main(
-        ["--quick", "--only", "limits,ingest,read,rss,dedup", "--out", str(out), "--tmp", str(tmp_path)]
+        [
+            "--quick",
+            "--only",
+            "limits,ingest,read,rss,dedup",
+            "--out",
+            str(out),
+            "--tmp",
+            str(tmp_path),
+        ]
     )
     assert code == 0
     printed = capsys.readouterr().out
@@ -131,7 +140,10 @@ def test_castore_bench_subcommand_parses() -> None:
 
 def test_module_help_runs() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "castore.bench", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "castore.bench", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "--quick" in out.stdout and "--peers" in out.stdout
 
@@ -175,11 +187,12 @@ def test_text_data_compresses_like_source_and_does_not_repeat() -> None:
 def test_versions_are_small_cumulative_edits() -> None:
     vs = list(data.versions(1 << 20, count=4, edits=20, seed=1))
     assert len(vs) == 4
-    for a, b in zip(vs, vs[1:], strict=False):
+    for a, b in itertools.pairwise(vs):
         assert a != b
         assert abs(len(a) - len(b)) <= 20 * 8
         # Almost everything is shared: the edits are a few bytes each.
-        assert sum(x == y for x, y in zip(a[:4096], b[:4096], strict=False)) > 0
+        samples = range(0, len(a) - 64, 16 << 10)
+        assert sum(a[i : i + 64] in b for i in samples) >= 0.9 * len(samples)
 
 
 def test_unique_pieces_are_unique_and_sized() -> None:
