@@ -153,6 +153,7 @@ def _ingest_table(res: Results) -> Table:
                     f"{run.ingest_mibps:,.0f}",
                     f"{lim.write_limit(res.cores, run.store):,.0f}",
                     _x(run.ingest_mibps / lim.write_limit(res.cores, run.store)),
+                    f"{run.ingest_cpu / run.ingest_s:.2f}",
                     f"{run.ingest_cpu / gib:.2f}",
                     _x(run.ingest_cpu / gib / lim.write_cpu(run.store)),
                     " / ".join(f"{run.ingest_threads.get(c, 0.0) / gib:.2f}" for c in CATEGORIES),
@@ -166,6 +167,7 @@ def _ingest_table(res: Results) -> Table:
             "MiB/s",
             "limit MiB/s",
             "ratio",
+            "cores busy",
             "CPU s/GiB",
             "CPU vs limit",
             "CPU s/GiB: " + " / ".join(CATEGORIES),
@@ -175,7 +177,9 @@ def _ingest_table(res: Results) -> Table:
             f"Best of {res.repeat}, a fresh store each run; ratio = MiB/s / the write limit"
             f" with that store's put (target >= {INGEST_TARGET}x). CPU vs limit = the"
             " process's CPU per GiB over the sum of the stages: above 1x is castore's"
-            " overhead (copies, page faults, Python, the loop). The last column splits that"
+            " overhead (copies, page faults, Python, the loop). Cores busy = CPU seconds per"
+            f" wall second; below {res.cores} means castore waited, or other processes had the"
+            " cores. The last column splits that"
             " CPU by thread (from /proc/self/task/*/schedstat); 'other native' is"
             " obstore's runtime and any thread not started from Python.",
         ],
@@ -195,6 +199,7 @@ def _read_table(res: Results) -> Table:
                     f"{run.read_mibps:,.0f}",
                     f"{lim.read_limit(res.cores, run.store):,.0f}",
                     _x(run.read_mibps / lim.read_limit(res.cores, run.store)),
+                    f"{run.read_cpu / run.read_s:.2f}",
                     f"{run.read_cpu / gib:.2f}",
                     _x(run.read_cpu / gib / lim.read_cpu(run.store)),
                     " / ".join(f"{run.read_threads.get(c, 0.0) / gib:.2f}" for c in CATEGORIES),
@@ -208,6 +213,7 @@ def _read_table(res: Results) -> Table:
             "MiB/s",
             "limit MiB/s",
             "ratio",
+            "cores busy",
             "CPU s/GiB",
             "CPU vs limit",
             "CPU s/GiB: " + " / ".join(CATEGORIES),
@@ -341,6 +347,9 @@ def _peers_table(res: Results) -> Table:
 
 def _targets(res: Results) -> Table:
     rows: list[list[str]] = []
+    if not res.runs:
+        rows.append([f"ingest >= {INGEST_TARGET}x limit", "", "NOT RUN"])
+        rows.append([f"read >= {READ_TARGET}x limit", "", "NOT RUN"])
     for name, runs in res.runs.items():
         lim = res.limits[name]
         for run in runs:
@@ -386,7 +395,7 @@ def _targets(res: Results) -> Table:
         )
     else:
         rows.append([f"20 ms delay keeps >= {LATENCY_TARGET} of throughput", "", "NOT RUN"])
-    for name in res.limits:
+    for name in ("random", "text"):
         peer_runs = res.peers.get(name, [])
         ours = next((p for p in peer_runs if p.tool == "castore"), None)
         others = [p for p in peer_runs if p.tool != "castore"]
@@ -502,9 +511,10 @@ def render(res: Results, tool_versions: list[str]) -> str:
 
 
 _DEFAULT_NOTES = """
+
 ## Notes
 
-Hand-written explanations of these figures live in [performance.md](performance.md).
+(Hand-written: what the figures mean and what limits them. The benchmark keeps this part.)
 """
 
 
