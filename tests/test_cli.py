@@ -10,11 +10,11 @@ import json
 import os
 import pty
 import random
-import select
 import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,45 +265,66 @@ def _closed_port() -> int:
 # -- progress bar on a terminal -----------------------------------------------------------
 
 
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, bytes, bytes]:
+    """Run castore with stderr on a real pseudo-terminal; its exit code, stdout, stderr.
+
+    A thread drains the terminal as the program writes, so it can never block on a full
+    terminal buffer.
+    """
+    leader, follower = pty.openpty()
+    seen = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO once the program has exited and closed its side
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "castore", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+        )
+        os.close(follower)
+        stdout, _ = proc.communicate(timeout=180)
+        reader.join(timeout=10)
+    finally:
+        os.close(leader)
+    return proc.returncode, stdout, bytes(seen)
+
+
 def test_progress_bar_on_a_terminal_only(tmp_path: Path, env: dict[str, str]) -> None:
     (tmp_path / "s").mkdir()
     env["CASTORE_STORE"] = "objectstore+file://" + str(tmp_path / "s")
     big = tmp_path / "big.bin"
     big.write_bytes(_data(PROGRESS_MIN * 2, seed=4))
+    digest = B3Digest.of(big.read_bytes())
 
     # stderr a pipe: no bar.
     plain = castore("put", big, env=env)
     assert plain.returncode == 0 and plain.stderr == b""
 
     # stderr a real terminal: a bar drawn with carriage returns, then erased.
-    leader, follower = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "castore", "put", str(big)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=follower,
-        )
-        os.close(follower)
-        follower = -1
-        stdout, _ = proc.communicate(timeout=120)
-        seen = b""
-        while select.select([leader], [], [], 0.5)[0]:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(leader)
-        if follower >= 0:
-            os.close(follower)
-    assert proc.returncode == 0
-    assert stdout.decode() == f"{B3Digest.of(big.read_bytes())}  {big}\n"
+    code, stdout, seen = _on_a_terminal(["put", str(big)], env)
+    assert code == 0
+    assert stdout.decode() == f"{digest}  {big}\n"
     assert b"\r" in seen and b"MiB" in seen and b"%" in seen and b"/s" in seen
     assert seen.endswith(b"\r\x1b[K")
+
+    # get -o to a file: the size is known from the chunk list, so the bar has a percentage.
+    out = tmp_path / "out.bin"
+    code, stdout, seen = _on_a_terminal(["get", str(digest), "-o", str(out)], env)
+    assert code == 0 and stdout == b""
+    assert out.read_bytes() == big.read_bytes()
+    assert b"%" in seen and b"/s" in seen and seen.endswith(b"\r\x1b[K")
 
 
 # -- in-process -----------------------------------------------------------------------------
