@@ -3,6 +3,7 @@ survives being killed and restarted on the same data and ports."""
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
@@ -148,3 +149,14 @@ def test_a_binary_that_is_not_weed_is_reported(tmp_path: Path) -> None:
     server = SeaweedFS(tmp_path / "sw", weed="/bin/false")
     with pytest.raises(SeaweedFSError, match="exited with code 1"):
         server.start(timeout=10)
+
+
+@needs_weed
+def test_a_dropped_server_is_killed(tmp_path: Path) -> None:
+    server = SeaweedFS(tmp_path / "sw").start()
+    pid = server.pid
+    assert pid is not None
+    del server
+    gc.collect()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

