@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from castore import B3Digest, MemoryBlobService, registry
 from castore.cli import PROGRESS_MIN, ExitCode, default_store_url, main
@@ -200,6 +201,29 @@ def test_unreadable_input_and_unwritable_output_exit_7(tmp_path: Path, env: dict
         ExitCode.LOCAL_IO,
     )
     assert "cannot write" in err
+
+
+def test_corrupt_data_exits_6_and_leaves_no_output_file(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    root = tmp_path / "s"
+    root.mkdir()
+    store = "objectstore+file://" + str(root)
+    data = _data(100_000, seed=5)
+    digest = B3Digest.of(data)
+    assert castore("--store", store, "put", "-", env=env, stdin=data).returncode == 0
+    chunk = root / "chunks" / "b3" / digest.hex()[:4] / digest.hex()
+    assert chunk.is_file()
+    # A valid zstd frame of other bytes: it decompresses, and its digest does not match.
+    chunk.write_bytes(zstandard.ZstdCompressor().compress(_data(100_000, seed=6)))
+    out = tmp_path / "out.bin"
+    for args in (["get", str(digest)], ["get", str(digest), "-o", str(out)]):
+        result = castore("--store", store, *args, env=env)
+        err = _check_clean_error(result, ExitCode.CORRUPT)
+        assert "corrupt" in err
+        assert result.stdout == b""
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.bin.*"))
 
 
 def test_usage_errors_exit_2(env: dict[str, str]) -> None:
