@@ -122,6 +122,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "borgbackup casync)",
     )
     p.add_argument(
+        "--peer-tools",
+        default=None,
+        metavar="NAMES",
+        help="with --peers: only these tools, comma-separated (castore,borg,restic,casync)",
+    )
+    p.add_argument(
         "--out",
         default=None,
         metavar="FILE",
@@ -197,6 +203,8 @@ def command_line(args: argparse.Namespace) -> str:
         argv += ["--only", ",".join(s for s in SECTIONS if s in args.only)]
     if args.peers:
         argv.append("--peers")
+    if args.peer_tools:
+        argv += ["--peer-tools", args.peer_tools]
     if args.delay != 0.020:
         argv += ["--delay", str(args.delay)]
     if args.out is not None:
@@ -236,6 +244,10 @@ def run(args: argparse.Namespace) -> int:
             from castore._bench.peers import available_tools
 
             tools, res.peer_lines = available_tools()
+            if args.peer_tools:
+                wanted = {t.strip() for t in args.peer_tools.split(",")}
+                tools = [t for t in tools if t.name in wanted]
+                res.peer_lines = [ln for ln in res.peer_lines if ln.split(":")[0] in wanted]
             for t in tools:
                 if t.name != "castore":
                     tool_versions.append(t.version() or t.name)

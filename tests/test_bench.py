@@ -107,6 +107,8 @@ def test_latency_and_peers_sections(
             "--quick",
             "--only",
             "latency,peers",
+            "--peer-tools",
+            "castore,casync",
             "--size",
             "1M",
             "--versions-size",
@@ -121,8 +123,8 @@ def test_latency_and_peers_sections(
     assert [r[0] for r in latency[1:]] == ["direct", "proxy 0 ms", "proxy 20 ms"]
     assert int(latency[2][2]) > 0  # the proxy saw the requests
     peers = next(rows for t, rows in tables.items() if t.startswith("7. Peers"))
-    # castore's CLI always takes part; the others only where installed.
-    assert {"castore"} <= {r[1] for r in peers[1:]}
+    # castore's CLI always takes part; the others only where installed and asked for.
+    assert {"castore"} <= {r[1] for r in peers[1:]} <= {"castore", "casync"}
     assert all(float(r[6].replace(",", "")) > 0 for r in peers[1:])  # peak RSS was sampled
 
 
