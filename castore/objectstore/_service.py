@@ -37,6 +37,9 @@ __all__ = ["ObjectStoreBlobService"]
 
 _OBSTORE_TYPES = (MemoryStore, LocalStore, S3Store, GCSStore, AzureStore, HTTPStore)
 
+# Chunks a reader fetches ahead of its cursor on a remote store (S3, GCS, Azure, HTTP).
+_REMOTE_PREFETCH = 16
+
 # Indexes longer than this are decoded in a worker thread rather than on the loop.
 _THREAD_DECODE_MIN = 64 << 10
 
@@ -51,7 +54,8 @@ class ObjectStoreBlobService(BlobService):
     put a wrapper such as fault injection between the service and the store).
     ``prefix`` is prepended to every key. ``avg_chunk_size`` is FastCDC's average; the
     minimum is half of it and the maximum twice it. ``read_prefetch`` is how many
-    chunks ahead of the cursor a reader fetches.
+    chunks ahead of the cursor a reader fetches (by default 4 on memory and local disk,
+    16 on remote stores, where each fetch waits for a round trip).
 
     The empty blob: ``has(EMPTY_DIGEST)`` is false and ``open_read`` returns ``None``
     until it has been written (which stores a 0-byte index), so that ``has(d)`` holds
@@ -65,7 +69,7 @@ class ObjectStoreBlobService(BlobService):
         prefix: str = "",
         avg_chunk_size: int = DEFAULT_AVG_CHUNK_SIZE,
         *,
-        read_prefetch: int = DEFAULT_PREFETCH,
+        read_prefetch: int | None = None,
         pipeline: PipelineConfig | None = None,
     ) -> None:
         if isinstance(store, StoreAdapter):
@@ -93,6 +97,9 @@ class ObjectStoreBlobService(BlobService):
         # Chunks may come from writers with other settings; never accept one larger
         # than Rust's default maximum or this service's, whichever is larger.
         self._read_limit = max(self.max_chunk_size, 2 * DEFAULT_AVG_CHUNK_SIZE)
+        if read_prefetch is None:
+            # Remote stores answer in milliseconds, not microseconds: keep more in flight.
+            read_prefetch = DEFAULT_PREFETCH if self._adapter.in_process else _REMOTE_PREFETCH
         self._prefetch = read_prefetch
         self._pipeline = pipeline or PipelineConfig()
         self._pool: ThreadPoolExecutor | None = None
