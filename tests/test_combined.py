@@ -105,6 +105,24 @@ class TestCombinedObjectStoreReadsFromFar(BlobServiceConformance):
             yield svc
 
 
+@needs_objectstore
+class TestCombinedObjectStoreNearGRPCFar(BlobServiceConformance):
+    """The deployed shape: a local object store in front of a gRPC server over a bucket."""
+
+    large_blob_size = 16 * 1024 * 1024
+
+    @pytest.fixture
+    async def service(self) -> AsyncIterator[BlobService]:
+        from castore.grpc import serve
+
+        async with (
+            objectstore() as backend,
+            serve(backend, "grpc+http://127.0.0.1:0") as running,
+            _FarWriteCombined(objectstore(), castore.from_addr(running.url)) as svc,
+        ):
+            yield svc
+
+
 # --- far once, near after that -----------------------------------------------------------
 
 
@@ -112,11 +130,21 @@ def _far_calls(far: StatsBlobService) -> dict[str, int]:
     return dict(far.statistics().calls)
 
 
-@pytest.mark.parametrize("far_kind", ["memory", "objectstore"])
+@pytest.mark.parametrize("far_kind", ["memory", "objectstore", "grpc"])
 async def test_read_fetches_from_far_once_then_from_near(far_kind: str) -> None:
-    if far_kind == "objectstore" and not HAVE_OBJECTSTORE:
+    if far_kind != "memory" and not HAVE_OBJECTSTORE:
         pytest.skip("objectstore+memory:/// is not registered yet")
-    far = StatsBlobService(MemoryBlobService() if far_kind == "memory" else objectstore())
+    if far_kind == "grpc":
+        from castore.grpc import serve
+
+        async with objectstore() as backend, serve(backend, "grpc+http://127.0.0.1:0") as srv:
+            await _far_once_then_near(castore.from_addr(srv.url))
+    else:
+        await _far_once_then_near(MemoryBlobService() if far_kind == "memory" else objectstore())
+
+
+async def _far_once_then_near(far_service: BlobService) -> None:
+    far = StatsBlobService(far_service)
     near = StatsBlobService(MemoryBlobService())
     combined = CombinedBlobService(near, far)
     data = pseudo_random_bytes(1_500_000, seed=40)
@@ -139,6 +167,7 @@ async def test_read_fetches_from_far_once_then_from_near(far_kind: str) -> None:
     assert _far_calls(far) == dict(first.calls)  # far saw nothing more
     assert far.statistics().bytes_read == len(data)
     assert near.statistics().hits["open_read"] >= 3
+    await combined.aclose()
 
 
 @needs_objectstore

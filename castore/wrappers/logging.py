@@ -197,31 +197,41 @@ class _LoggingWriter(WrapperBlobWriter):
         self._owner = owner
         self._started = started
         self._bytes = 0
-        self._failed = False
+        # Set once the writer's outcome (stored, failed or aborted) has been logged.
+        self._logged = False
 
-    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+    def _outcome(
+        self,
+        digest: B3Digest | None = None,
+        error: BaseException | None = None,
+        aborted: bool = False,
+    ) -> None:
+        if not self._logged:
+            self._logged = True
+            self._owner._log(
+                "write", digest, self._started, size=self._bytes, error=error, aborted=aborted
+            )
+
+    async def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
-            await self._inner.write(data)
+            n = await self._inner.write(data)
         except Exception as e:
-            self._failed = True
-            self._owner._log("write", None, self._started, size=self._bytes, error=e)
+            self._outcome(error=e)
             raise
-        self._bytes += memoryview(data).nbytes
+        self._bytes += n
+        return n
 
-    async def _finish(self) -> B3Digest:
+    async def close(self) -> B3Digest:
         try:
             digest = await self._inner.close()
         except Exception as e:
-            self._failed = True
-            self._owner._log("write", None, self._started, size=self._bytes, error=e)
+            self._outcome(error=e)
             raise
-        self._owner._log("write", digest, self._started, size=self._bytes)
+        self._outcome(digest)
         return digest
 
-    async def _abort(self) -> None:
-        # A failed write or close was logged where it failed; a deliberate abort (or an
-        # exception in the caller's ``async with``) is not a store failure.
-        if not self._failed:
-            self._failed = True
-            self._owner._log("write", None, self._started, size=self._bytes, aborted=True)
+    async def abort(self) -> None:
+        # A deliberate abort (or an exception in the caller's ``async with``) is not a
+        # store failure; after a close or a failure it changes nothing and logs nothing.
+        self._outcome(aborted=True)
         await self._inner.abort()

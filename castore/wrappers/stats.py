@@ -152,18 +152,23 @@ class _StatsWriter(WrapperBlobWriter):
     def __init__(self, owner: StatsBlobService, inner: BlobWriter) -> None:
         super().__init__(inner)
         self._owner = owner
+        self._close_counted = False
 
-    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+    async def write(self, data: bytes | bytearray | memoryview) -> int:
         owner = self._owner
         owner._calls["write"] += 1
         try:
-            await self._inner.write(data)
+            n = await self._inner.write(data)
         except Exception as e:
             owner._error(e)
             raise
-        owner._bytes_written += memoryview(data).nbytes
+        owner._bytes_written += n
+        return n
 
-    async def _finish(self) -> B3Digest:
+    async def close(self) -> B3Digest:
+        if self._close_counted:  # a repeated close: the cached answer, counted once
+            return await self._inner.close()
+        self._close_counted = True
         owner = self._owner
         owner._calls["close"] += 1
         try:
