@@ -17,9 +17,10 @@ Two kinds of copy happen, because they serve different reads:
   own digest. A blob far does not chunk (chunk list ``[]``) is streamed from far's reader
   through the same check.
 
-On a chunking near (an object store), both copies store the same chunks; its writer
-deduplicates chunks that exist, so the cost is the second hashing and compression of
-data already fetched, not a second upload. Copying is best effort: a near that fails to
+On a chunking near (an object store), both copies name the same chunks (FastCDC cuts a
+chunk alone as it cut it in the blob), and the second finds them stored: a local store
+skips them after an existence check, a remote one's conditional put is refused. The cost
+is hashing the bytes again, not storing them twice. Copying is best effort: a near that fails to
 store logs a warning (logger ``castore.combined``) and the read goes on from far. Near
 failures on lookup are treated the same way (near is a cache), corruption in near makes
 the read fall back to far for that chunk.
