@@ -378,3 +378,16 @@ async def test_aclose_closes_near_and_far_once() -> None:
         pass
     await combined.aclose()
     assert closed == ["near", "far"]
+
+
+@needs_objectstore
+async def test_an_object_store_near_ends_up_with_far_s_chunks() -> None:
+    near, far = objectstore(), objectstore()
+    combined = CombinedBlobService(near, far)
+    data = pseudo_random_bytes(2_500_000, seed=43)
+    digest = await far.put(data)
+    assert await combined.get(digest) == data
+    # The per-chunk copies and the whole-blob copy agree: the same cut points, so near's
+    # index lists exactly far's chunks, and near can serve the blob on its own.
+    assert await near.chunks(digest) == await far.chunks(digest)
+    assert await near.get(digest) == data
