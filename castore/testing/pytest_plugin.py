@@ -69,7 +69,7 @@ def castore_local_url(tmp_path: Path) -> str:
     """``objectstore+file://`` URL of an empty folder under ``tmp_path``."""
     root = tmp_path / "castore-store"
     root.mkdir()
-    return "objectstore+file://" + root.resolve().as_posix()
+    return "objectstore+" + root.resolve().as_uri()
 
 
 @pytest.fixture
