@@ -348,8 +348,9 @@ class _DropsLastByte(WrapperBlobService):
 
     async def open_write(self) -> BlobWriter:
         class Lossy(WrapperBlobWriter):
-            async def _write(self, data: bytes | bytearray | memoryview) -> None:
+            async def write(self, data: bytes | bytearray | memoryview) -> int:
                 await self.inner.write(bytes(data)[:-1])
+                return len(data)
 
         return Lossy(await self.inner.open_write())
 
