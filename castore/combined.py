@@ -62,6 +62,9 @@ logger = logging.getLogger("castore.combined")
 # Hash or verify at least this much in a worker thread rather than on the event loop.
 _THREAD_HASH_MIN = 256 * 1024
 
+# Write-through gathers smaller writes into pieces of this size before sending them on.
+_GATHER = 64 * 1024
+
 # What a failing near (the cache) may raise without failing the caller's operation.
 _NEAR_FAILURES = (StoreError, DataCorruptionError, BlobNotFoundError)
 
@@ -301,20 +304,43 @@ class _PopulatingReader(BlobReader):
 
 
 class _TeeWriter(BlobWriter):
-    """Writes every piece to two writers; both must agree on the digest."""
+    """Writes every piece to two writers; both must agree on the digest.
+
+    Small pieces are gathered into pieces of :data:`_GATHER` bytes before they go to both
+    sides, so a caller writing a byte at a time costs two writer calls per 64 KiB, not
+    per byte (measured: 5000 one-byte writes through two object stores held the event
+    loop for over half a second without this).
+    """
 
     def __init__(self, near: BlobWriter, far: BlobWriter) -> None:
         self._near = near
         self._far = far
+        self._pending = bytearray()
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
-        piece = bytes(data)  # both writers see the same immutable bytes
+        view = memoryview(data).cast("B")
+        if len(self._pending) + len(view) < _GATHER:
+            self._pending += view
+            return
+        if self._pending:
+            self._pending += view
+            piece = bytes(self._pending)
+            self._pending.clear()
+        else:
+            piece = bytes(view)  # both writers see the same immutable bytes
+        await self._send(piece)
+
+    async def _send(self, piece: bytes) -> None:
         # One after the other: writers buffer and return quickly, and a task group per
-        # piece cost ~1 ms a write, which dominated small writes. close() runs both at once.
+        # piece cost ~1 ms a write. close() runs both sides at once.
         await self._near.write(piece)
         await self._far.write(piece)
 
     async def _finish(self) -> B3Digest:
+        if self._pending:
+            piece = bytes(self._pending)
+            self._pending.clear()
+            await self._send(piece)
         near, far = await _both(self._near.close, self._far.close)
         if near != far:
             raise DigestMismatchError(
@@ -323,6 +349,7 @@ class _TeeWriter(BlobWriter):
         return near
 
     async def _abort(self) -> None:
+        self._pending.clear()
         await self._near.abort()
         await self._far.abort()
 

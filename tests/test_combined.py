@@ -335,12 +335,30 @@ async def test_write_through_fails_when_far_fails_and_aborts_both() -> None:
     combined = CombinedBlobService(near, far, write_through=True)
     far.plan("write", Fault.ERROR, nth=2)
     writer = await combined.open_write()
-    await writer.write(b"first piece")
+    await writer.write(BLOB_B[:100_000])
     with pytest.raises(StoreUnavailableError):
-        await writer.write(b"second piece")
+        await writer.write(BLOB_B[100_000:200_000])
     with pytest.raises(StoreUnavailableError):
         await writer.close()
     assert len(near) == 0 and len(far.inner) == 0  # type: ignore[arg-type]
+
+
+async def test_write_through_gathers_small_writes_and_fails_on_close() -> None:
+    near = MemoryBlobService()
+    far = FaultyBlobService(MemoryBlobService())
+    combined = CombinedBlobService(near, far, write_through=True)
+    writer = await combined.open_write()
+    for i in range(1000):
+        await writer.write(BLOB_B[i : i + 1])
+    assert far.calls["write"] == 0  # gathered, nothing sent yet
+    assert await writer.close() == B3Digest.of(BLOB_B[:1000])
+    assert far.calls["write"] == 1
+    far.plan("write", Fault.ERROR, nth=1)
+    writer = await combined.open_write()
+    await writer.write(b"small")  # gathered: the failure comes at close
+    with pytest.raises(StoreUnavailableError):
+        await writer.close()
+    assert not await near.has(B3Digest.of(b"small"))
 
 
 class _DropsLastByte(WrapperBlobService):
