@@ -742,3 +742,30 @@ async def test_unix_socket_is_removed_on_stop() -> None:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.rmdir(folder)
+
+
+def test_pieces_buffer_against_bytes() -> None:
+    import random
+
+    from castore.grpc.client import _Pieces
+
+    rng = random.Random(5)
+    for _ in range(200):
+        model = b""
+        pieces = _Pieces()
+        for _ in range(30):
+            op = rng.random()
+            if op < 0.4:
+                data = rng.randbytes(rng.choice([0, 1, 7, 100]))
+                pieces.append(data)
+                model += data
+            elif op < 0.7:
+                n = rng.randint(0, len(model))
+                assert pieces.take(n) == model[:n]
+                model = model[n:]
+            else:
+                n = rng.randint(0, len(model))
+                pieces.skip(n)
+                model = model[n:]
+            assert len(pieces) == len(model)
+        assert pieces.take(len(pieces)) == model

@@ -21,6 +21,7 @@ starts connecting at once, and ``await service.connect()`` reports a failure).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import logging
@@ -28,6 +29,7 @@ import ssl
 from typing import Any
 from urllib.parse import SplitResult
 
+import anyio.lowlevel
 import anyio.to_thread
 import blake3
 from grpclib.client import Channel, Stream
@@ -432,7 +434,7 @@ class _StreamReader(BlobReader):
         self._length = size
         self._pos = 0
         self._call: _ReadCall | None = None
-        self._buf = bytearray()  # received, not yet returned; starts at stream offset _buf_start
+        self._buf = _Pieces()  # received, not yet returned; starts at stream offset _buf_start
         self._buf_start = 0
         self._received = 0
         self._hasher = blake3.blake3(max_threads=1)
@@ -446,9 +448,7 @@ class _StreamReader(BlobReader):
         return self._eof and self._buf_start == 0
 
     def take_all(self) -> bytes:
-        data = bytes(self._buf)
-        self._buf = bytearray()
-        return data
+        return self._buf.take(len(self._buf))
 
     async def prime(self, limit: int) -> bool:
         """Start the stream and buffer up to ``limit`` bytes; False if the blob is absent."""
@@ -460,7 +460,7 @@ class _StreamReader(BlobReader):
 
     async def _restart(self) -> bool:
         await self._drop_call()
-        self._buf = bytearray()
+        self._buf.clear()
         self._buf_start = 0
         self._received = 0
         self._hasher = blake3.blake3(max_threads=1)
@@ -497,11 +497,11 @@ class _StreamReader(BlobReader):
                 await anyio.to_thread.run_sync(self._hasher.update, data)
             else:
                 self._hasher.update(data)
-            self._buf += data
+            self._buf.append(data)
         except BaseException as e:
             # Forget this pass: nothing unverified stays buffered, the next read restarts.
             await self._drop_call()
-            self._buf = bytearray()
+            self._buf.clear()
             self._buf_start = 0
             self._eof = False
             if isinstance(e, Exception):
@@ -538,15 +538,14 @@ class _StreamReader(BlobReader):
             if self._eof:
                 return b""  # past the end
             await self._fill()
-        del self._buf[: target - self._buf_start]
+        self._buf.skip(target - self._buf_start)
         self._buf_start = target
         # Gather n bytes and one more (or the end), so the blob's last bytes go out only
         # once the stream's digest has been checked.
         while not self._eof and (n < 0 or len(self._buf) <= n):
             await self._fill()
         take = len(self._buf) if n < 0 else min(n, len(self._buf))
-        out = bytes(self._buf[:take])
-        del self._buf[:take]
+        out = self._buf.take(take)
         self._buf_start += take
         self._pos += take
         return out
@@ -571,8 +570,70 @@ class _StreamReader(BlobReader):
 
     async def aclose(self) -> None:
         self._closed = True
-        self._buf = bytearray()
+        self._buf.clear()
         await self._drop_call()
+
+
+class _Pieces:
+    """Bytes received and not yet returned, kept as the messages' own ``bytes`` so that a
+    read costs one copy at most (none when it takes exactly one message)."""
+
+    def __init__(self) -> None:
+        self._parts: collections.deque[bytes] = collections.deque()
+        self._head = 0  # bytes of _parts[0] already consumed
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self._parts.append(data)
+            self._size += len(data)
+
+    def clear(self) -> None:
+        self._parts.clear()
+        self._head = 0
+        self._size = 0
+
+    def skip(self, n: int) -> None:
+        """Drop the first ``n`` bytes (at most ``len(self)``)."""
+        self._size -= n
+        while n:
+            first = self._parts[0]
+            left = len(first) - self._head
+            if n < left:
+                self._head += n
+                return
+            n -= left
+            self._parts.popleft()
+            self._head = 0
+
+    def take(self, n: int) -> bytes:
+        """Remove and return the first ``n`` bytes (at most ``len(self)``)."""
+        if n == 0:
+            return b""
+        first = self._parts[0]
+        if self._head == 0 and len(first) == n:
+            self._parts.popleft()
+            self._size -= n
+            return first
+        if len(first) - self._head >= n:
+            out = first[self._head : self._head + n]
+            self.skip(n)
+            return out
+        pieces: list[memoryview] = []
+        want, head = n, self._head
+        for part in self._parts:
+            view = memoryview(part)[head : head + want]
+            pieces.append(view)
+            want -= len(view)
+            head = 0
+            if not want:
+                break
+        out = b"".join(pieces)
+        self.skip(n)
+        return out
 
 
 class _PutWriter(BlobWriter):
@@ -585,6 +646,7 @@ class _PutWriter(BlobWriter):
         self._hasher = blake3.blake3(max_threads=1)
         self._size = service._put_message_size
         self._what = service._what("Put")
+        self._quiet = 0
 
     async def _open(self) -> _AnyStream:
         if self._stream is None:
@@ -624,6 +686,7 @@ class _PutWriter(BlobWriter):
                 start = min(len(view), size - len(self._pending))
                 self._pending += view[:start]
                 if len(self._pending) < size:
+                    await self._gathered()
                     return
                 await stream.send_message(BlobChunk(data=bytes(self._pending)))
                 self._pending.clear()
@@ -633,6 +696,15 @@ class _PutWriter(BlobWriter):
             self._pending += view[start:]
         except Exception as e:
             raise await self._fail(e) from e
+        self._quiet = 0
+
+    async def _gathered(self) -> None:
+        # Many small writes only gather bytes and never wait on the network; let the event
+        # loop run now and then so that a loop of tiny writes does not stall it.
+        self._quiet += 1
+        if self._quiet >= 64:
+            self._quiet = 0
+            await anyio.lowlevel.checkpoint()
 
     async def _finish(self) -> B3Digest:
         try:
