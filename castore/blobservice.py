@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Self
 
+import anyio.lowlevel
+
 from castore._digest import B3Digest, ChunkMeta
 from castore.errors import CastoreError, WriteAbortedError, WriterClosedError
 
@@ -232,6 +234,9 @@ class BytesReader(BlobReader):
         self._pos = 0
 
     async def read(self, n: int = -1) -> bytes:
+        # Data in memory needs no wait, but every read is a cancellation point and lets
+        # other tasks run, as a read from a real store would.
+        await anyio.lowlevel.checkpoint()
         start = self._pos
         end = len(self._data) if n < 0 else min(len(self._data), start + n)
         if end <= start:

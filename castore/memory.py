@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio.lowlevel
 import anyio.to_thread
 import blake3
 
@@ -48,6 +49,7 @@ class _MemoryWriter(BlobWriter):
         if len(part) >= _THREAD_HASH_MIN:
             await anyio.to_thread.run_sync(self._hasher.update, part)
         else:
+            await anyio.lowlevel.checkpoint()
             self._hasher.update(part)
         self._parts.append(part)
 

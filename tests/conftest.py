@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 from blockbuster import blockbuster_ctx
 
-MAX_LOOP_STALL = float(os.environ.get("CASTORE_MAX_LOOP_STALL", "0.5"))
+MAX_LOOP_STALL = float(os.environ.get("CASTORE_MAX_LOOP_STALL", "1.0"))
 
 
 @pytest.fixture
