@@ -110,6 +110,7 @@ def test_kill_and_restart_keeps_data_and_ports(tmp_path: Path) -> None:
 
         server.kill()
         assert not server.running
+        assert not _sockets_of(ports)
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", ports.s3), timeout=1).close()
 
@@ -155,8 +156,19 @@ def test_a_binary_that_is_not_weed_is_reported(tmp_path: Path) -> None:
 def test_a_dropped_server_is_killed(tmp_path: Path) -> None:
     server = SeaweedFS(tmp_path / "sw").start()
     pid = server.pid
+    ports = server.ports
     assert pid is not None
+    assert _sockets_of(ports), "weed puts its Unix sockets in /tmp"
     del server
     gc.collect()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+    assert not _sockets_of(ports)
+
+
+def _sockets_of(ports: Ports) -> list[Path]:
+    return [
+        sock
+        for port in (ports.s3, ports.s3_grpc, ports.filer, ports.filer_grpc, ports.master_grpc)
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")
+    ]

@@ -127,11 +127,24 @@ class Ports:
         return [f"-{name}={port}" for name, port in zip(names, astuple(self), strict=True)]
 
 
-def _kill_orphan(proc: subprocess.Popen[bytes]) -> None:
+def _remove_sockets(ports: Ports) -> None:
+    """Remove the Unix sockets a stopped server left in /tmp.
+
+    weed puts them at ``/tmp/seaweedfs-<component>-<port>.sock`` (a fixed folder, whatever
+    ``$TMPDIR`` says) and does not remove them when it is killed.
+    """
+    for port in astuple(ports):
+        for sock in pathlib.Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            with contextlib.suppress(OSError):
+                sock.unlink()
+
+
+def _kill_orphan(proc: subprocess.Popen[bytes], ports: Ports) -> None:
     """Kill a server whose :class:`SeaweedFS` was dropped, or still runs at exit."""
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+    _remove_sockets(ports)
 
 
 class SeaweedFS:
@@ -170,7 +183,7 @@ class SeaweedFS:
         self._ports_fixed = ports is not None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-        self._finalizer: weakref.finalize[[subprocess.Popen[bytes]], SeaweedFS] | None = None
+        self._finalizer: weakref.finalize[[subprocess.Popen[bytes], Ports], SeaweedFS] | None = None
 
     # -- addresses ------------------------------------------------------------------------
 
@@ -443,7 +456,7 @@ class SeaweedFS:
             start_new_session=True,
         )
         # No orphaned weed processes: killed when this object is collected, or at exit.
-        self._finalizer = weakref.finalize(self, _kill_orphan, self._proc)
+        self._finalizer = weakref.finalize(self, _kill_orphan, self._proc, self.ports)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -483,13 +496,8 @@ class SeaweedFS:
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
-        # weed leaves Unix sockets named after its ports in /tmp (a fixed path, whatever
-        # $TMPDIR says); remove ours once the process is gone.
         if self._ports is not None and (self._proc is None or self._proc.poll() is not None):
-            for port in astuple(self._ports):
-                for sock in pathlib.Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-                    with contextlib.suppress(OSError):
-                        sock.unlink()
+            _remove_sockets(self._ports)
         if self._log is not None:
             with contextlib.suppress(OSError):
                 self._log.close()
