@@ -300,6 +300,39 @@ async def test_reset_put_stores_nothing(
     assert len(backend) == 1
 
 
+async def test_reset_put_into_object_store_writes_no_index() -> None:
+    partial = pseudo_random_bytes(2 * MiB, seed=21)  # several chunks
+    async with (
+        from_addr("objectstore+memory:///") as backend,
+        serve(backend) as running,
+        raw_channel(running) as channel,
+    ):
+        async with channel.request(
+            _path("Put"), Cardinality.STREAM_UNARY, BlobChunk, PutBlobResponse
+        ) as stream:
+            for i in range(0, len(partial), 256 * KiB):
+                await stream.send_message(BlobChunk(data=partial[i : i + 256 * KiB]))
+            await stream.cancel()
+        await wait_idle(running)
+        assert not await backend.has(B3Digest.of(partial))
+        # The same bytes with a clean end of stream are stored: the check could fail.
+        assert await raw_put(channel, [partial]) == B3Digest.of(partial).digest
+        assert await backend.has(B3Digest.of(partial))
+
+
+async def test_client_timeout_bounds_stat() -> None:
+    faulty = FaultyBlobService(MemoryBlobService())
+    faulty.plan("has", Fault.HANG, nth=1)
+    async with serve(faulty) as running:
+        async with from_addr(running.url + "?timeout=0.3") as client:
+            started = time.monotonic()
+            with pytest.raises(StoreTimeoutError):
+                await client.has(B3Digest.of(b"x"))
+            assert time.monotonic() - started < 3
+        # The deadline travelled with the call: the server gave up on it too.
+        await wait_idle(running)
+
+
 async def test_dropped_connection_mid_put_stores_nothing(
     memory_server: tuple[MemoryBlobService, RunningServer],
 ) -> None:

@@ -128,13 +128,6 @@ def from_grpc_error(exc: BaseException, what: str) -> BaseException:
         return StoreTimeoutError(f"{what}: deadline exceeded")
     if isinstance(exc, ssl.SSLError):
         return StoreUnavailableError(f"{what}: TLS failed: {exc}")
-    if isinstance(
-        exc,
-        OSError
-        | StreamTerminatedError
-        | ProtocolError
-        | h2.exceptions.ProtocolError
-        | h2.exceptions.StreamClosedError,
-    ):
+    if isinstance(exc, OSError | StreamTerminatedError | ProtocolError | h2.exceptions.H2Error):
         return StoreUnavailableError(f"{what}: {type(exc).__name__}: {exc}")
     return StoreError(f"{what}: {type(exc).__name__}: {exc}")
