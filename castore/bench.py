@@ -368,6 +368,7 @@ def _dedup(
         from castore._bench.dedup import measure_dedup
 
         folder = work / "dedup-store"
+        os.sync()
         res.dedup = measure_dedup(folder, versions, datasets.PIECE)
         shutil.rmtree(folder, ignore_errors=True)
     if "peers" in sections and tools:

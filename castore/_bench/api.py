@@ -108,10 +108,15 @@ class StoreKind:
         self._dirs: list[pathlib.Path] = []
 
     def fresh(self) -> str:
-        """The URL of a new, empty store of this kind."""
+        """The URL of a new, empty store of this kind.
+
+        Before a local-disk store, dirty pages of earlier writes are flushed: the kernel's
+        writeback of a backlog makes file writes several times dearer and varies a lot.
+        """
         if self.name == "memory":
             return "objectstore+memory:///"
         assert self._base is not None
+        os.sync()
         path = pathlib.Path(tempfile.mkdtemp(prefix="castore-bench-", dir=self._base))
         self._dirs.append(path)
         return "objectstore+" + path.as_uri()

@@ -32,6 +32,7 @@ stages and the event loop are castore's overhead, not part of it.
 from __future__ import annotations
 
 import gc
+import os
 import pathlib
 import shutil
 import time
@@ -158,6 +159,9 @@ def measure_limits(name: str, data: bytes, work: pathlib.Path, repeat: int = 3) 
     for _ in range(repeat):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
+        # Start with no dirty pages from earlier writes: the kernel's writeback of a
+        # backlog makes file writes several times dearer, and varies from run to run.
+        os.sync()
         local = LocalStore(folder)
         acc = [0.0] * 2
         gc.collect()

@@ -279,6 +279,7 @@ def _fresh_repo(
     env = tool.env(work)
     for cmd in tool.init(repo):
         _run(cmd, env, work, log)
+    os.sync()  # no writeback backlog from earlier runs (see castore._bench.api.StoreKind)
     return repo, env
 
 
@@ -332,6 +333,7 @@ def run_versions(
         peak = 0
         for i, data in enumerate(versions):
             file.write_bytes(data)
+            os.sync()
             usage = _run(tool.backup(repo, file, i), env, work, log)
             seconds += usage.seconds
             cpu += usage.cpu

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -96,6 +97,7 @@ async def _child(size: int, folder_uri: str) -> dict[str, object]:
 
 def measure_rss(size: int, folder: str) -> RssResult:
     """Run the child on ``size`` bytes with its store in ``folder``; its peaks."""
+    os.sync()
     proc = subprocess.Popen(
         [
             sys.executable,
