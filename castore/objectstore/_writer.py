@@ -14,7 +14,7 @@
     back on the loop: for remote stores, concurrent conditional puts (bounded in count
         and bytes); after the last chunk is stored, the blob index
 
-Why this shape (DESIGN section 8): the CPU stages together cost about one core-second a
+Why this shape (DESIGN section 8): the CPU stages together cost one to a few core-seconds a
 GiB, and every hop between the loop and a thread costs 40-100 µs with the GIL held, so
 work crosses the boundary once per segment, not once per chunk. In-process stores
 (memory, local disk) are written synchronously from the workers; remote stores, where
