@@ -37,7 +37,11 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from castore._bench.peers import Tool
+    from castore._bench.report import Results
 
 __all__ = [
     "SECTIONS",
@@ -218,7 +222,6 @@ def _progress(msg: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sections ``args`` select; print the report and write it; the exit code."""
-    from castore._bench import data as datasets
     from castore._bench.report import Results, render, write_markdown
 
     quick = bool(args.quick)
@@ -239,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="castore-bench-", dir=args.tmp))
     try:
-        tools: list[Any] = []
+        tools: list[Tool] = []
         if "peers" in sections:
             from castore._bench.peers import available_tools
 
@@ -253,13 +256,13 @@ def run(args: argparse.Namespace) -> int:
                     tool_versions.append(t.version() or t.name)
             for line in res.peer_lines:
                 _progress(line)
-        _datasets(res, sections, size, repeat, work, tools, datasets)
+        _datasets(res, sections, size, repeat, work, tools)
         if "rss" in sections:
             _rss(res, rss_size, work)
         if "latency" in sections:
-            _latency(res, size, repeat, work, args.delay, datasets)
+            _latency(res, size, repeat, work, args.delay)
         if "dedup" in sections or "peers" in sections:
-            _dedup(res, sections, versions_size, versions_count, work, tools, datasets)
+            _dedup(res, sections, versions_size, versions_count, work, tools)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res.load.append(os.getloadavg())
@@ -273,17 +276,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _datasets(
-    res: Any,
+    res: Results,
     sections: set[str],
     size: int,
     repeat: int,
     work: pathlib.Path,
-    tools: list[Any],
-    datasets: Any,
+    tools: list[Tool],
 ) -> None:
-    need = sections & {"limits", "ingest", "read", "peers"}
-    if not need:
+    """Random, then text data: limits, ingest and read, and peers, one data set at a time."""
+    if not sections & {"limits", "ingest", "read", "peers"}:
         return
+    from castore._bench import data as datasets
     from castore._bench.api import StoreKind, ingest_and_read
     from castore._bench.limits import measure_limits
 
@@ -313,7 +316,7 @@ def _datasets(
         del data
 
 
-def _rss(res: Any, rss_size: int, work: pathlib.Path) -> None:
+def _rss(res: Results, rss_size: int, work: pathlib.Path) -> None:
     from castore._bench.rss import measure_rss
 
     _progress(f"peak memory, {rss_size >> 20} MiB blob")
@@ -326,9 +329,8 @@ def _rss(res: Any, rss_size: int, work: pathlib.Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _latency(
-    res: Any, size: int, repeat: int, work: pathlib.Path, delay: float, datasets: Any
-) -> None:
+def _latency(res: Results, size: int, repeat: int, work: pathlib.Path, delay: float) -> None:
+    from castore._bench import data as datasets
     from castore.testing.seaweedfs import find_weed
 
     if find_weed() is None:
@@ -354,14 +356,15 @@ def _latency(
 
 
 def _dedup(
-    res: Any,
+    res: Results,
     sections: set[str],
     versions_size: int,
     versions_count: int,
     work: pathlib.Path,
-    tools: list[Any],
-    datasets: Any,
+    tools: list[Tool],
 ) -> None:
+    from castore._bench import data as datasets
+
     _progress(f"versions set, {versions_count} x {versions_size >> 20} MiB")
     versions = list(datasets.versions(versions_size, versions_count))
     if "dedup" in sections:
