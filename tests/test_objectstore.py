@@ -3,21 +3,27 @@ behaviour specific to this backend (chunk lists, dedup, layout of what it writes
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import obstore
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, MemoryStore, S3Store
 
 from castore import (
     B3Digest,
     BlobService,
+    ChunkMeta,
     InvalidAddressError,
     ObjectStoreBlobService,
     from_addr,
 )
-from castore.objectstore import ObstoreAdapter
+from castore.objectstore import ObstoreAdapter, PipelineConfig
+from castore.objectstore._chunker import make_fastcdc
 from castore.testing.conformance import BlobServiceConformance, pseudo_random_bytes
 
 
@@ -193,3 +199,29 @@ async def test_chunk_digest_reads_as_blob_and_has_is_consistent() -> None:
         None,
         None,
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    size=st.integers(0, 60_000),
+    cuts=st.lists(st.integers(0, 60_000), max_size=20),
+)
+async def test_pipeline_cuts_like_one_shot(seed: int, size: int, cuts: list[int]) -> None:
+    """Through the whole writer (tiny segments, so a blob spans many jobs), any framing of
+    the writes gives the chunk list of one-shot FastCDC over the blob."""
+    tiny = PipelineConfig(segment=8192, piece=4096, coalesce=1024, stream_items=2)
+    svc = ObjectStoreBlobService(MemoryStore(), avg_chunk_size=1024, pipeline=tiny)
+    data = random.Random(seed).randbytes(size)
+    bounds = sorted({0, size, *(c for c in cuts if c <= size)})
+    writer = await svc.open_write()
+    for a, b in itertools.pairwise(bounds):
+        await writer.write(data[a:b])
+    digest = await writer.close()
+    assert digest == B3Digest.of(data)
+    expected = [
+        ChunkMeta(B3Digest.of(bytes(c.data)), c.length) for c in make_fastcdc(1024).cut_buf(data)
+    ]
+    assert await svc.chunks(digest) == (expected if len(expected) >= 2 else [])
+    assert await svc.get(digest) == data
+    await svc.aclose()
