@@ -138,7 +138,11 @@ def translate_store_error(exc: BaseException, what: str) -> CastoreError:
     if isinstance(exc, CastoreError):
         return exc
     name = type(exc).__name__
-    text = f"{what}: {name}: {exc}"
+    full = str(exc)
+    # obstore appends a multi-line "Debug source:" dump; the message keeps the summary
+    # (the original exception stays reachable as __cause__ where callers chain it).
+    summary = full.split("\n\nDebug source:", 1)[0].strip()
+    text = f"{what}: {name}: {summary}"
     if isinstance(exc, FileNotFoundError) or name == "NotFoundError":
         return BlobNotFoundError(text)
     if isinstance(exc, PermissionError) or name in (
@@ -150,7 +154,7 @@ def translate_store_error(exc: BaseException, what: str) -> CastoreError:
         return StoreTimeoutError(text)
     if isinstance(exc, ConnectionError):
         return StoreUnavailableError(text)
-    lowered = str(exc).lower()
+    lowered = full.lower()
     if any(
         s in lowered
         for s in (

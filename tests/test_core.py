@@ -168,3 +168,14 @@ async def test_failed_write_poisons_writer() -> None:
 def test_public_names() -> None:
     for name in castore.__all__:
         assert hasattr(castore, name), name
+
+
+def test_translate_store_error_keeps_the_summary() -> None:
+    raw = RuntimeError(
+        "Generic S3 error: HEAD http://127.0.0.1:1/b/x - HTTP error: error sending request"
+        '\n\nDebug source:\nGeneric {\n    store: "S3",\n    kind: ConnectionRefused,\n}'
+    )
+    e = translate_store_error(raw, "head x")
+    assert isinstance(e, StoreUnavailableError)
+    assert "Debug source" not in str(e) and "\n" not in str(e)
+    assert "error sending request" in str(e)
