@@ -23,7 +23,26 @@ __all__ = ["BlobReader", "BlobService", "BlobWriter", "BytesReader"]
 DEFAULT_BLOCK = 256 * 1024
 
 
-class BlobReader(abc.ABC):
+class AsyncResource:
+    """``async with`` around :meth:`aclose`, which subclasses override when they hold
+    anything (tasks, connections, buffers)."""
+
+    async def aclose(self) -> None:
+        """Release what the object holds. Safe to call more than once."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class BlobReader(AsyncResource, abc.ABC):
     """A seekable reader over one blob's bytes; an async resource.
 
     Every byte it returns has been verified against the blob's digest (per chunk for
@@ -45,7 +64,7 @@ class BlobReader(abc.ABC):
     def tell(self) -> int:
         """The current position."""
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook with a sensible default
+    async def aclose(self) -> None:
         """Release what the reader holds (prefetches, connections)."""
 
     async def readinto(self, buf: bytearray | memoryview) -> int:
@@ -58,17 +77,6 @@ class BlobReader(abc.ABC):
     async def readall(self) -> bytes:
         """Everything from the current position to the end."""
         return await self.read(-1)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._blocks()
@@ -178,7 +186,7 @@ class BlobWriter(abc.ABC):
             await self.abort()
 
 
-class BlobService(abc.ABC):
+class BlobService(AsyncResource, abc.ABC):
     """A content-addressed blob store, addressed by BLAKE3 digest."""
 
     @abc.abstractmethod
@@ -211,19 +219,8 @@ class BlobService(abc.ABC):
         async with reader:
             return await reader.read()
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook with a sensible default
+    async def aclose(self) -> None:
         """Release connections and background resources."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class BytesReader(BlobReader):
