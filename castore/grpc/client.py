@@ -60,7 +60,12 @@ from castore.grpc._address import Endpoint, parse_endpoint, parse_flag
 from castore.grpc._errors import from_grpc_error
 from castore.registry import register_scheme
 
-__all__ = ["DEFAULT_PUT_MESSAGE_SIZE", "DEFAULT_SMALL_BLOB_SIZE", "GRPCBlobService"]
+__all__ = [
+    "DEFAULT_PUT_MESSAGE_SIZE",
+    "DEFAULT_SMALL_BLOB_SIZE",
+    "DEFAULT_TIMEOUT",
+    "GRPCBlobService",
+]
 
 log = logging.getLogger("castore.grpc")
 
@@ -68,6 +73,9 @@ log = logging.getLogger("castore.grpc")
 DEFAULT_PUT_MESSAGE_SIZE = 256 * 1024
 #: Blobs read from one stream up to this size are verified before any byte is returned.
 DEFAULT_SMALL_BLOB_SIZE = 1024 * 1024
+#: Seconds a ``Stat`` or a chunk fetch may take, and a streamed ``Read`` may wait for
+#: its next message, unless told otherwise.
+DEFAULT_TIMEOUT = 60.0
 
 PACKAGE_ALIASES = {"tvix": "tvix.castore.v1", "snix": "snix.castore.v1"}
 
@@ -94,8 +102,11 @@ class GRPCBlobService(BlobService):
     Give a TCP ``host`` and ``port`` or a unix socket ``path``; ``tls`` (or an
     ``ssl_context``) for TLS, checked against ``ca_file`` and, when the certificate names
     another host, ``server_name``. ``package`` picks the method paths (``tvix.castore.v1``
-    or ``snix.castore.v1``). ``timeout`` bounds each ``Stat`` and each chunk fetch, not a
-    whole streamed blob. ``prefetch`` is how many chunks the chunked reader fetches ahead.
+    or ``snix.castore.v1``). ``timeout`` (60 s unless told otherwise, ``None`` for no
+    bound) is the deadline of each ``Stat`` and each chunk fetch and, for a blob streamed
+    whole, how long the reader waits for the next message; a server that stops answering
+    raises :class:`~castore.errors.StoreTimeoutError` rather than hanging a reader.
+    ``prefetch`` is how many chunks the chunked reader fetches ahead.
 
     From a URL: ``grpc+http://host:port``, ``grpc+https://host:port``,
     ``grpc+unix:///path``, with options ``wait-connect=1``, ``ca-file=PATH``,
@@ -113,7 +124,7 @@ class GRPCBlobService(BlobService):
         ca_file: str | None = None,
         server_name: str | None = None,
         wait_connect: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
         package: str = "tvix.castore.v1",
         prefetch: int = DEFAULT_PREFETCH,
         put_message_size: int = DEFAULT_PUT_MESSAGE_SIZE,
@@ -146,7 +157,7 @@ class GRPCBlobService(BlobService):
         ca_file = options.pop("ca-file", None)
         server_name = options.pop("server-name", None)
         package = options.pop("package", "tvix")
-        timeout: float | None = None
+        timeout: float | None = DEFAULT_TIMEOUT
         if "timeout" in options:
             text = options.pop("timeout")
             try:
@@ -355,9 +366,11 @@ class GRPCBlobService(BlobService):
 class _ReadCall:
     """One ``Read`` call, held open across the reader's calls."""
 
-    def __init__(self, stream: _AnyStream) -> None:
+    def __init__(self, stream: _AnyStream, idle: float | None) -> None:
         self._stream = stream
         self._open = True
+        # Without a deadline (a blob streamed whole), each message must come this soon.
+        self._idle = idle
 
     @classmethod
     async def start(
@@ -375,11 +388,12 @@ class _ReadCall:
                 timeout=deadline_s,
             )
             await stream.__aenter__()
-            call = cls(stream)
+            call = cls(stream, service._timeout if deadline_s is None else None)
             try:
-                await stream.send_message(ReadBlobRequest(digest=digest.digest), end=True)
-                # A missing blob is a trailers-only response: it raises here.
-                await stream.recv_initial_metadata()
+                with anyio.fail_after(call._idle):
+                    await stream.send_message(ReadBlobRequest(digest=digest.digest), end=True)
+                    # A missing blob is a trailers-only response: it raises here.
+                    await stream.recv_initial_metadata()
             except BaseException as e:
                 await call._exit(e)
                 raise
@@ -404,7 +418,8 @@ class _ReadCall:
     async def next(self) -> bytes | None:
         """The next message's bytes; ``None`` at a clean end. Raises grpclib's errors."""
         try:
-            message: BlobChunk | None = await self._stream.recv_message()
+            with anyio.fail_after(self._idle):
+                message: BlobChunk | None = await self._stream.recv_message()
             if message is None:
                 await self._exit(None)  # reads the trailers: raises a non-OK status
                 return None

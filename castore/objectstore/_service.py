@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio.to_thread
 from obstore.store import (
@@ -18,7 +19,7 @@ from obstore.store import (
 from castore._digest import EMPTY_DIGEST, B3Digest, ChunkMeta
 from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader
 from castore.chunkedreader import DEFAULT_PREFETCH, ChunkedReader
-from castore.errors import BlobNotFoundError, translate_store_error
+from castore.errors import BlobNotFoundError, StoreTimeoutError, translate_store_error
 from castore.objectstore._adapter import ObstoreAdapter, StoreAdapter
 from castore.objectstore._chunker import (
     DEFAULT_AVG_CHUNK_SIZE,
@@ -33,12 +34,18 @@ if TYPE_CHECKING:
     from obstore.store import ObjectStore
     from typing_extensions import Buffer
 
-__all__ = ["ObjectStoreBlobService"]
+__all__ = ["DEFAULT_TIMEOUT", "ObjectStoreBlobService"]
+
+#: Seconds one store call of a lookup or a read (a HEAD, an index, a chunk) may take.
+DEFAULT_TIMEOUT = 60.0
 
 _OBSTORE_TYPES = (MemoryStore, LocalStore, S3Store, GCSStore, AzureStore, HTTPStore)
 
 # Chunks a reader fetches ahead of its cursor on a remote store (S3, GCS, Azure, HTTP).
 _REMOTE_PREFETCH = 16
+
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 
 # Indexes longer than this are decoded in a worker thread rather than on the loop.
 _THREAD_DECODE_MIN = 64 << 10
@@ -55,7 +62,11 @@ class ObjectStoreBlobService(BlobService):
     ``prefix`` is prepended to every key. ``avg_chunk_size`` is FastCDC's average; the
     minimum is half of it and the maximum twice it. ``read_prefetch`` is how many
     chunks ahead of the cursor a reader fetches (by default 4 on memory and local disk,
-    16 on remote stores, where each fetch waits for a round trip).
+    16 on remote stores, where each fetch waits for a round trip). ``timeout`` bounds
+    each store call of a lookup or a read (``has``, ``chunks``, opening a blob, fetching
+    one chunk): past it the call raises :class:`~castore.errors.StoreTimeoutError`, so a
+    store that stops answering cannot hang a reader; ``None`` waits for ever. Writes are
+    bounded by the store client's own timeouts and by cancellation.
 
     The empty blob: ``has(EMPTY_DIGEST)`` is false and ``open_read`` returns ``None``
     until it has been written (which stores a 0-byte index), so that ``has(d)`` holds
@@ -71,7 +82,11 @@ class ObjectStoreBlobService(BlobService):
         *,
         read_prefetch: int | None = None,
         pipeline: PipelineConfig | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout}")
+        self.timeout = timeout
         if isinstance(store, StoreAdapter):
             self._adapter = store
         elif isinstance(store, _OBSTORE_TYPES):
@@ -117,13 +132,21 @@ class ObjectStoreBlobService(BlobService):
 
     # --- queries ------------------------------------------------------------------------
 
+    def _timed_out(self, what: str) -> StoreTimeoutError:
+        return StoreTimeoutError(f"{what}: the store did not answer within {self.timeout} s")
+
+    async def _exists(self, key: str) -> bool:
+        try:
+            with anyio.move_on_after(self.timeout):
+                return await self._adapter.exists_async(key)
+        except Exception as e:
+            raise translate_store_error(e, f"checking {key}") from e
+        raise self._timed_out(f"checking {key}")
+
     async def has(self, digest: B3Digest) -> bool:
         for key in (self._layout.blob(digest.digest), self._layout.chunk(digest.digest)):
-            try:
-                if await self._adapter.exists_async(key):
-                    return True
-            except Exception as e:
-                raise translate_store_error(e, f"checking {key}") from e
+            if await self._exists(key):
+                return True
         return False
 
     async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
@@ -133,16 +156,16 @@ class ObjectStoreBlobService(BlobService):
         ``[]``: there is no finer chunking.
         """
         key = self._layout.blob(digest.digest)
+        raw: Buffer | None = None
         try:
-            raw = await self._adapter.get_async(key)
+            with anyio.move_on_after(self.timeout) as scope:
+                raw = await self._adapter.get_async(key)
         except Exception as e:
             raise translate_store_error(e, f"reading blob index {key}") from e
+        if scope.cancelled_caught:
+            raise self._timed_out(f"reading blob index {key}")
         if raw is None:
-            ckey = self._layout.chunk(digest.digest)
-            try:
-                return [] if await self._adapter.exists_async(ckey) else None
-            except Exception as e:
-                raise translate_store_error(e, f"checking {ckey}") from e
+            return [] if await self._exists(self._layout.chunk(digest.digest)) else None
         if len(memoryview(raw)) >= _THREAD_DECODE_MIN:
             found = await anyio.to_thread.run_sync(decode_index, raw, self._read_limit)
         else:
@@ -153,8 +176,18 @@ class ObjectStoreBlobService(BlobService):
 
     # --- reading ------------------------------------------------------------------------
 
+    async def _in_thread(self, what: str, fn: Callable[[_A], _R], arg: _A) -> _R:
+        """``fn(arg)`` in a worker thread, given up after ``timeout`` seconds.
+
+        A store call in a thread cannot be interrupted: on a timeout (or a cancel) the
+        thread is left to finish on its own and its result is dropped.
+        """
+        with anyio.move_on_after(self.timeout):
+            return await anyio.to_thread.run_sync(fn, arg, abandon_on_cancel=True)
+        raise self._timed_out(what)
+
     async def open_read(self, digest: B3Digest) -> BlobReader | None:
-        found = await anyio.to_thread.run_sync(self._locate, digest)
+        found = await self._in_thread(f"opening blob {digest.hex()}", self._locate, digest)
         if found is None:
             return None
         if isinstance(found, bytes):
@@ -208,7 +241,7 @@ class ObjectStoreBlobService(BlobService):
 
     async def _fetch(self, meta: ChunkMeta) -> bytes:
         # One worker-thread hop: get, bounded decompression and verification.
-        return await anyio.to_thread.run_sync(self._fetch_sync, meta)
+        return await self._in_thread(f"reading chunk {meta.digest.hex()}", self._fetch_sync, meta)
 
     # --- writing ------------------------------------------------------------------------
 

@@ -1,15 +1,28 @@
-"""Fault injection for BlobServices: fail, delay, truncate or corrupt chosen calls.
+"""Fault injection for BlobServices and object stores: fail, delay, hang, truncate or
+corrupt chosen calls.
 
-:class:`FaultyBlobService` wraps any :class:`~castore.BlobService` and injects faults
-by operation, either on the Nth call or at random with a seeded rate, so tests can prove
-that the layers above never store a partial blob and never pass on wrong bytes::
+Two wrappers, one planning API. :class:`FaultyBlobService` wraps any
+:class:`~castore.BlobService`; :class:`FaultyStore` wraps the
+:class:`~castore.objectstore.StoreAdapter` through which an
+:class:`~castore.ObjectStoreBlobService` reaches its store, so faults land between the
+service and obstore, where a real store's failures would. Both inject faults by
+operation, on the Nth call or at random with a seeded rate, so tests can prove that the
+layers above never store a partial blob and never pass on wrong bytes::
 
     faulty = FaultyBlobService(inner, seed=1)
     faulty.plan("read", Fault.FLIP, nth=1)          # first reader returns a flipped byte
     faulty.plan("write", Fault.ERROR, rate=0.2)     # a fifth of writes fail
 
-Operations: ``has``, ``open_read``, ``read`` (each ``BlobReader.read``), ``open_write``,
-``write`` (each ``BlobWriter.write``), ``close``, ``chunks``.
+    store = FaultyStore(MemoryStore(), seed=1)       # or FaultyStore(ObstoreAdapter(...))
+    service = ObjectStoreBlobService(store, avg_chunk_size=16 * 1024)
+    store.plan("put", Fault.ERROR, nth=3)            # the third object put fails
+    store.plan("get", Fault.TRUNCATE, rate=0.1, where="chunks/")
+
+:class:`FaultyBlobService` operations: ``has``, ``open_read``, ``read`` (each
+``BlobReader.read``), ``open_write``, ``write`` (each ``BlobWriter.write``), ``close``,
+``chunks``. :class:`FaultyStore` operations: ``get``, ``exists`` (a HEAD), ``put``
+(conditional creates and plain puts), and ``any`` (every call); the service never lists
+a store, so there is no ``list``.
 """
 
 from __future__ import annotations
@@ -17,15 +30,32 @@ from __future__ import annotations
 import enum
 import io
 import random
+import threading
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
+from obstore.exceptions import GenericError
 
 from castore._digest import B3Digest, ChunkMeta
 from castore.blobservice import BlobReader, BlobService, BlobWriter
 from castore.errors import StoreTimeoutError, StoreUnavailableError
+from castore.objectstore._adapter import ObstoreAdapter, StoreAdapter
 
-__all__ = ["Fault", "FaultyBlobService", "InjectedFault"]
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
+    from typing_extensions import Buffer
+
+__all__ = [
+    "STORE_OPS",
+    "Fault",
+    "FaultyBlobService",
+    "FaultyStore",
+    "InjectedFault",
+    "InjectedStoreError",
+    "InjectedStoreTimeout",
+]
 
 OPS = ("has", "open_read", "read", "open_write", "write", "close", "chunks")
 
@@ -178,3 +208,266 @@ class _FaultyWriter(BlobWriter):
 
     async def _abort(self) -> None:
         await self._inner.abort()
+
+
+# --- object stores ----------------------------------------------------------------------
+
+#: The operations :meth:`FaultyStore.plan` knows; ``any`` matches every call.
+STORE_OPS = ("get", "exists", "put", "any")
+
+
+class InjectedStoreError(GenericError):
+    """What a planned ``Fault.ERROR`` raises inside :class:`FaultyStore`: an obstore
+    error, which the service translates (``translate_store_error``) to a
+    :class:`~castore.errors.StoreError`, as it would a real store's failure."""
+
+
+class InjectedStoreTimeout(TimeoutError):
+    """What a planned ``Fault.TIMEOUT`` raises inside :class:`FaultyStore` (the service
+    translates it to :class:`~castore.errors.StoreTimeoutError`)."""
+
+
+@dataclass
+class _StorePlan:
+    fault: Fault
+    nth: int | None
+    rate: float
+    delay: float
+    remaining: int | None
+    where: str | None
+    after: bool
+    seen: int = 0
+
+
+class FaultyStore(StoreAdapter):
+    """A :class:`~castore.objectstore.StoreAdapter` that injects planned faults into the
+    calls an :class:`~castore.ObjectStoreBlobService` makes to its store.
+
+    ``inner`` is another adapter or an obstore store (wrapped in an
+    :class:`~castore.objectstore.ObstoreAdapter`). ``in_process`` overrides the inner
+    adapter's flag, to drive the writer's async-upload path over an in-memory store.
+    Faults apply on the synchronous calls (made from worker threads) and the async ones
+    alike:
+
+    - ``ERROR`` raises :class:`InjectedStoreError`, ``TIMEOUT``
+      :class:`InjectedStoreTimeout`; with ``after=True`` the call is made first and the
+      error raised once it has succeeded (the store did it, the caller is told it failed,
+      as when a response is lost).
+    - ``DELAY`` sleeps ``delay`` seconds first.
+    - ``HANG`` never answers: an async call waits until cancelled; a synchronous one,
+      which nothing can cancel, blocks its thread until :meth:`release` or
+      :meth:`clear`, or ``hang_limit`` seconds, and then raises.
+    - ``TRUNCATE`` (``get`` only) returns a random prefix of the object, ``FLIP`` the
+      object with one random bit flipped.
+
+    Counters: ``calls`` and ``injected`` per operation (and in all, under ``any``),
+    ``written`` (puts that stored an object), ``keys`` (every key asked for, in order, as
+    ``(op, key)``), ``faults`` (every fault injected, as ``(op, key, fault)``).
+    """
+
+    def __init__(
+        self,
+        inner: StoreAdapter | ObjectStore,
+        *,
+        seed: int = 0,
+        in_process: bool | None = None,
+        hang_limit: float = 60.0,
+    ) -> None:
+        self.inner: StoreAdapter = (
+            inner if isinstance(inner, StoreAdapter) else ObstoreAdapter(inner)
+        )
+        self.in_process = self.inner.in_process if in_process is None else in_process
+        self.hang_limit = hang_limit
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._plans: list[tuple[str, _StorePlan]] = []
+        self._release = threading.Event()
+        self.calls: dict[str, int] = dict.fromkeys(STORE_OPS, 0)
+        self.injected: dict[str, int] = dict.fromkeys(STORE_OPS, 0)
+        self.written = 0
+        self.keys: list[tuple[str, str]] = []
+        self.faults: list[tuple[str, str, Fault]] = []
+
+    def __repr__(self) -> str:
+        return f"FaultyStore({self.inner!r})"
+
+    # --- planning -------------------------------------------------------------------------
+
+    def plan(
+        self,
+        op: str,
+        fault: Fault,
+        *,
+        nth: int | None = None,
+        rate: float = 0.0,
+        delay: float = 0.05,
+        times: int | None = None,
+        where: str | None = None,
+        after: bool = False,
+    ) -> None:
+        """Inject ``fault`` into ``op``: on its ``nth`` call (1-based, counted from now
+        on among the calls this plan matches), or with probability ``rate`` per call, at
+        most ``times`` times. ``where`` limits the plan to keys containing that text
+        (``"chunks/"``, ``"blobs/"``)."""
+        if op not in STORE_OPS:
+            raise ValueError(f"unknown operation {op!r}; one of {', '.join(STORE_OPS)}")
+        if nth is None and rate <= 0:
+            raise ValueError("give nth=… or a positive rate=…")
+        if fault in (Fault.TRUNCATE, Fault.FLIP) and op != "get":
+            raise ValueError(f"{fault.name} changes what a get returns: plan it on 'get'")
+        if after and fault not in (Fault.ERROR, Fault.TIMEOUT):
+            raise ValueError("after=True applies to ERROR and TIMEOUT")
+        with self._lock:
+            self._plans.append((op, _StorePlan(fault, nth, rate, delay, times, where, after)))
+
+    def clear(self) -> None:
+        """Remove every planned fault and release the calls that hang."""
+        with self._lock:
+            self._plans.clear()
+        self.release()
+
+    def release(self) -> None:
+        """Let every synchronous call that hangs now go on (it raises)."""
+        with self._lock:
+            released, self._release = self._release, threading.Event()
+        released.set()
+
+    @property
+    def total_calls(self) -> int:
+        """Every call made so far, of any kind."""
+        return self.calls["any"]
+
+    # --- deciding and applying --------------------------------------------------------------
+
+    def _decide(self, op: str, key: str) -> _StorePlan | None:
+        with self._lock:
+            self.calls[op] += 1
+            self.calls["any"] += 1
+            self.keys.append((op, key))
+            chosen: _StorePlan | None = None
+            for plan_op, p in self._plans:
+                if plan_op not in (op, "any") or p.remaining == 0:
+                    continue
+                if p.where is not None and p.where not in key:
+                    continue
+                # Every matching plan counts the call, whether or not another one fires.
+                p.seen += 1
+                if chosen is not None:
+                    continue
+                if p.seen == p.nth if p.nth is not None else self._rng.random() < p.rate:
+                    chosen = p
+            if chosen is not None:
+                if chosen.remaining is not None:
+                    chosen.remaining -= 1
+                self.injected[op] += 1
+                self.injected["any"] += 1
+                self.faults.append((op, key, chosen.fault))
+            return chosen
+
+    def _error(self, p: _StorePlan, op: str, key: str) -> Exception:
+        n = self.calls[op]
+        if p.fault is Fault.TIMEOUT:
+            return InjectedStoreTimeout(f"injected timeout in {op} {key} (call {n})")
+        return InjectedStoreError(f"injected fault in {op} {key} (call {n})")
+
+    def _before_sync(self, p: _StorePlan | None, op: str, key: str) -> None:
+        if p is None or p.after:
+            return
+        if p.fault is Fault.DELAY:
+            time.sleep(p.delay)
+        elif p.fault is Fault.HANG:
+            with self._lock:
+                release = self._release
+            release.wait(self.hang_limit)
+            raise InjectedStoreError(f"a hung {op} {key} was released")
+        elif p.fault in (Fault.ERROR, Fault.TIMEOUT):
+            raise self._error(p, op, key)
+
+    async def _before_async(self, p: _StorePlan | None, op: str, key: str) -> None:
+        if p is None or p.after:
+            return
+        if p.fault is Fault.DELAY:
+            await anyio.sleep(p.delay)
+        elif p.fault is Fault.HANG:
+            await anyio.sleep_forever()
+        elif p.fault in (Fault.ERROR, Fault.TIMEOUT):
+            raise self._error(p, op, key)
+
+    def _after(self, p: _StorePlan | None, op: str, key: str) -> None:
+        if p is not None and p.after:
+            raise self._error(p, op, key)
+
+    def _mangle(self, p: _StorePlan | None, key: str, data: Buffer | None) -> Buffer | None:
+        if p is None or p.fault not in (Fault.TRUNCATE, Fault.FLIP):
+            return data
+        raw = b"" if data is None else bytes(data)
+        if not raw:
+            with self._lock:  # an absent or empty object: nothing to cut or flip
+                self.injected["get"] -= 1
+                self.injected["any"] -= 1
+                self.faults.remove(("get", key, p.fault))
+            return data
+        with self._lock:
+            if p.fault is Fault.TRUNCATE:
+                return raw[: self._rng.randrange(len(raw))]
+            i = self._rng.randrange(len(raw) * 8)
+        flipped = bytearray(raw)
+        flipped[i // 8] ^= 1 << (i % 8)
+        return bytes(flipped)
+
+    def _wrote(self, n: int = 1) -> None:
+        with self._lock:
+            self.written += n
+
+    # --- the adapter ------------------------------------------------------------------------
+
+    def get(self, key: str) -> Buffer | None:
+        p = self._decide("get", key)
+        self._before_sync(p, "get", key)
+        data = self.inner.get(key)
+        self._after(p, "get", key)
+        return self._mangle(p, key, data)
+
+    async def get_async(self, key: str) -> Buffer | None:
+        p = self._decide("get", key)
+        await self._before_async(p, "get", key)
+        data = await self.inner.get_async(key)
+        self._after(p, "get", key)
+        return self._mangle(p, key, data)
+
+    def exists(self, key: str) -> bool:
+        p = self._decide("exists", key)
+        self._before_sync(p, "exists", key)
+        found = self.inner.exists(key)
+        self._after(p, "exists", key)
+        return found
+
+    async def exists_async(self, key: str) -> bool:
+        p = self._decide("exists", key)
+        await self._before_async(p, "exists", key)
+        found = await self.inner.exists_async(key)
+        self._after(p, "exists", key)
+        return found
+
+    def put_new(self, key: str, data: Buffer) -> bool:
+        p = self._decide("put", key)
+        self._before_sync(p, "put", key)
+        wrote = self.inner.put_new(key, data)
+        self._wrote(wrote)
+        self._after(p, "put", key)
+        return wrote
+
+    async def put_new_async(self, key: str, data: Buffer) -> bool:
+        p = self._decide("put", key)
+        await self._before_async(p, "put", key)
+        wrote = await self.inner.put_new_async(key, data)
+        self._wrote(wrote)
+        self._after(p, "put", key)
+        return wrote
+
+    async def put_async(self, key: str, data: Buffer) -> None:
+        p = self._decide("put", key)
+        await self._before_async(p, "put", key)
+        await self.inner.put_async(key, data)
+        self._wrote()
+        self._after(p, "put", key)
