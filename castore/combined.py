@@ -23,7 +23,9 @@ skips them after an existence check, a remote one's conditional put is refused. 
 is hashing the bytes again, not storing them twice. Copying is best effort: a near that fails to
 store logs a warning (logger ``castore.combined``) and the read goes on from far. Near
 failures on lookup are treated the same way (near is a cache), corruption in near makes
-the read fall back to far for that chunk.
+the read fall back to far for that chunk. But when near failed and far does not have the
+blob, the lookup raises near's error rather than answer "absent": near may hold the only
+copy (writes go to near), and absence is an answer, not a guess.
 
 Writes go to near; with ``write_through=True`` they are teed to both, closed together,
 and must agree on the digest. If one side fails the write fails, though the other side
@@ -107,33 +109,46 @@ class CombinedBlobService(BlobService):
         )
 
     async def has(self, digest: B3Digest) -> bool:
+        near_error: CastoreError | None = None
         try:
             if await self._near.has(digest):
                 return True
         except _NEAR_FAILURES as e:
             logger.warning("near has(%s) failed, asking far: %r", digest.hex(), e)
-        return await self._far.has(digest)
+            near_error = e
+        if await self._far.has(digest):
+            return True
+        if near_error is not None:
+            raise near_error
+        return False
 
     async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+        near_error: CastoreError | None = None
         try:
             found = await self._near.chunks(digest)
         except _NEAR_FAILURES as e:
             logger.warning("near chunks(%s) failed, asking far: %r", digest.hex(), e)
-            found = None
+            found, near_error = None, e
         if found is not None:
             return found
-        return await self._far.chunks(digest)
+        found = await self._far.chunks(digest)
+        if found is None and near_error is not None:
+            raise near_error
+        return found
 
     async def open_read(self, digest: B3Digest) -> BlobReader | None:
+        near_error: CastoreError | None = None
         try:
             reader = await self._near.open_read(digest)
         except _NEAR_FAILURES as e:
             logger.warning("near open_read(%s) failed, reading far: %r", digest.hex(), e)
-            reader = None
+            reader, near_error = None, e
         if reader is not None:
             return reader
         far_chunks = await self._far.chunks(digest)
         if far_chunks is None:
+            if near_error is not None:
+                raise near_error
             return None
         inner: BlobReader | None
         if far_chunks:
@@ -144,6 +159,8 @@ class CombinedBlobService(BlobService):
         else:
             inner = await self._far.open_read(digest)
             if inner is None:
+                if near_error is not None:
+                    raise near_error
                 return None
             length = None
         return _PopulatingReader(self._near, digest, inner, length)

@@ -427,3 +427,24 @@ def test_injected_errors_are_castore_errors() -> None:
     assert isinstance(translate_store_error(InjectedStoreError("x"), "op"), StoreError)
     timeout = translate_store_error(InjectedStoreTimeout("x"), "op")
     assert isinstance(timeout, StoreTimeoutError) and isinstance(timeout, CastoreError)
+
+
+async def test_combined_never_answers_absent_on_a_failing_near() -> None:
+    """Writes go to near, so a near that fails a lookup may hold the only copy: when far
+    lacks the blob, the lookup raises near's error instead of answering "absent"."""
+    from castore import CombinedBlobService
+
+    faulty = FaultyStore(MemoryStore())
+    near = ObjectStoreBlobService(faulty, avg_chunk_size=AVG)
+    async with CombinedBlobService(near, MemoryBlobService()) as combined:
+        assert await combined.put(DATA) == DIGEST
+        for op, call in (("exists", "has"), ("get", "chunks"), ("get", "open_read")):
+            faulty.plan(op, Fault.ERROR, nth=1)
+            with pytest.raises(StoreError, match="injected"):
+                await getattr(combined, call)(DIGEST)
+            faulty.clear()
+        assert await combined.has(DIGEST)
+        assert await combined.get(DIGEST) == DATA
+        missing = B3Digest.of(b"nowhere")
+        assert not await combined.has(missing)
+        assert await combined.open_read(missing) is None
