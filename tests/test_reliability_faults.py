@@ -66,12 +66,17 @@ def _chunk_keys(store: MemoryStore) -> set[str]:
     return {m["path"] for page in obstore.list(store, prefix="chunks/") for m in page}
 
 
+# Process-wide pools, bounded by design: anyio's worker threads (idle ones stay up to
+# 10 s) and the readers' CPU pool.
+_POOLS = ("AnyIO worker thread", "castore-reader")
+
+
 def _castore_threads() -> set[threading.Thread]:
-    """Threads castore or this test started (anyio's idle pool threads excluded)."""
+    """Threads castore or this test started, less the process-wide pools."""
     return {
         t
         for t in threading.enumerate()
-        if t is not threading.main_thread() and not t.name.startswith("AnyIO worker")
+        if t is not threading.main_thread() and not t.name.startswith(_POOLS)
     }
 
 
