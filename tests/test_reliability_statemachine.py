@@ -13,7 +13,9 @@ small (16 KiB on average) so that every blob has many.
 
 Corruption is injected into chunk objects only. A blob index has no checksum of its own:
 a corrupt one is caught by a read that reaches the blob's end, not by a read after a
-seek (``docs/reliability.md``; ``test_reliability_faults.py`` covers corrupt indexes).
+seek (``docs/reliability.md``). Corrupt indexes are covered by
+``test_reliability_faults.py`` (faulty gets at every point of a read) and by
+``test_fuzz.py`` (every single-bit flip of a stored index).
 
 ``CASTORE_STRESS=N`` runs N times as many examples.
 """
