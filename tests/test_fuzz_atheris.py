@@ -9,8 +9,9 @@ Run directly, this file is an atheris harness for one target::
 Each target accepts only castore's documented errors; anything else (or a crash, or a
 chunk decoded to bytes other than its digest names) stops libFuzzer with the input that
 did it. Under pytest, each target runs for ``CASTORE_FUZZ_RUNS`` inputs (20 000 unless
-told; ``CASTORE_STRESS=N`` multiplies it) in a child process when atheris is installed
-(``pip install 'castore[fuzz]'``), and is skipped otherwise.
+told; ``CASTORE_STRESS=N`` multiplies it) in a child process. The ``test`` extra installs
+atheris where a wheel exists (CPython 3.11 on x86-64 Linux, as in CI); elsewhere these
+tests are skipped unless ``castore[fuzz]`` is installed.
 """
 
 from __future__ import annotations
