@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 import shutil
-import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +24,7 @@ import anyio.abc
 import httpx
 import pytest
 import uvicorn
-from anyio.streams.buffered import BufferedByteReceiveStream
+from serving import castore_serve
 
 from castore import B3Digest, BlobService, ChunkMeta, MemoryBlobService, from_addr
 from castore.blobservice import BlobReader, BlobWriter
@@ -569,63 +567,14 @@ async def test_corrupt_chunk_on_disk(castore_local_url: str) -> None:
 # --- castore serve --http -----------------------------------------------------------
 
 
-class _ServeProcess:
-    """``python -m castore serve …`` in a subprocess, its stderr collected as it runs."""
-
-    def __init__(self, process: anyio.abc.Process) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        self.changed = anyio.Event()
-
-    async def collect(self) -> None:
-        assert self.process.stderr is not None
-        buffered = BufferedByteReceiveStream(self.process.stderr)
-        while True:
-            try:
-                line = await buffered.receive_until(b"\n", 1 << 16)
-            except (anyio.EndOfStream, anyio.IncompleteRead):
-                break
-            self.lines.append(line.decode())
-            self.changed.set()
-            self.changed = anyio.Event()
-        self.changed.set()
-
-    async def url_after(self, prefix: str) -> str:
-        with anyio.fail_after(30):
-            while True:
-                for line in self.lines:
-                    if line.startswith(prefix):
-                        return line[len(prefix) :].strip()
-                if self.process.returncode is not None:
-                    raise AssertionError("castore serve exited:\n" + "\n".join(self.lines))
-                await self.changed.wait()
-
-
-@contextlib.asynccontextmanager
-async def castore_serve(*args: str) -> AsyncIterator[_ServeProcess]:
-    command = [sys.executable, "-m", "castore", "serve", *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASTORE_")}
-    async with await anyio.open_process(command, env=env) as process:
-        served = _ServeProcess(process)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(served.collect)
-            try:
-                yield served
-            finally:
-                if process.returncode is None:
-                    process.send_signal(signal.SIGTERM)
-                with anyio.fail_after(30):
-                    await process.wait()
-
-
 async def test_castore_serve_http_beside_grpc(tmp_path: Path) -> None:
     """One process, one store, two protocols: what goes in over one comes out of the other."""
     store = "objectstore+file://" + quote(str(tmp_path / "store"))
     async with castore_serve(
         "--store", store, "--listen", "grpc+http://127.0.0.1:0", "--http", "127.0.0.1:0"
     ) as served:
-        grpc_url = await served.url_after("castore serve: listening on ")
-        http_url = await served.url_after("castore serve: HTTP gateway on ")
+        grpc_url = await served.wait_for("castore serve: listening on ")
+        http_url = await served.wait_for("castore serve: HTTP gateway on ")
         async with httpx.AsyncClient(base_url=http_url) as client, from_addr(grpc_url) as grpc:
             r = await client.put("/blobs", content=DATA)
             assert r.status_code == 201
@@ -642,7 +591,7 @@ async def test_castore_serve_http_only() -> None:
     async with castore_serve(
         "--store", "memory://", "--http", "127.0.0.1:0", "--no-grpc", "--max-upload", "1000"
     ) as served:
-        http_url = await served.url_after("castore serve: HTTP gateway on ")
+        http_url = await served.wait_for("castore serve: HTTP gateway on ")
         async with httpx.AsyncClient(base_url=http_url) as client:
             r = await client.put("/blobs", content=b"x" * 1000)
             assert r.status_code == 201
