@@ -123,3 +123,65 @@ def test_streaming_equals_oneshot_default_size(seed: int, cuts: list[int]) -> No
     pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
     oneshot = [c.length for c in make_fastcdc(DEFAULT_AVG_CHUNK_SIZE).cut_buf(data)]
     assert _lengths(StreamingChunker(), pieces) == oneshot
+
+
+def _cut_chunks(chunker: StreamingChunker, groups: list[list[bytes]]) -> list[bytes]:
+    """The chunks :meth:`StreamingChunker.cut` hands out over ``groups`` of pieces, then EOF."""
+    out: list[bytes] = []
+    for i, group in enumerate(groups):
+        out += [bytes(c) for c in chunker.cut(group, eof=i == len(groups) - 1)]
+    if not groups:
+        assert chunker.cut([], eof=True) == []
+    assert chunker.pending == 0
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    size=st.integers(0, 60_000),
+    cuts=st.lists(st.integers(0, 60_000), max_size=40),
+    group=st.integers(1, 5),
+    text=st.booleans(),
+)
+def test_zero_copy_cut_equals_oneshot(
+    seed: int, size: int, cuts: list[int], group: int, text: bool
+) -> None:
+    """``cut`` gives one-shot FastCDC's chunks, byte for byte, for any framing of the input
+    (pieces smaller and larger than a chunk, several pieces per call)."""
+    rnd = random.Random(seed)
+    if text:
+        words = [b"castore", b"chunk", b"blob ", b"\n", b"zstd", b"tvix", b"  ", b"\0" * 300]
+        data = b"".join(rnd.choice(words) for _ in range(size // 4))[:size]
+    else:
+        data = rnd.randbytes(size)
+    bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    groups = [pieces[i : i + group] for i in range(0, len(pieces), group)]
+    oneshot = [bytes(c.data) for c in make_fastcdc(1024).cut_buf(data)]
+    assert _cut_chunks(StreamingChunker(1024), groups) == oneshot
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(1, 3_000_000), max_size=12))
+def test_zero_copy_cut_equals_oneshot_default_size(seed: int, cuts: list[int]) -> None:
+    data = random.Random(seed).randbytes(3_000_000)
+    bounds = sorted({0, len(data), *cuts})
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    oneshot = [bytes(c.data) for c in make_fastcdc(DEFAULT_AVG_CHUNK_SIZE).cut_buf(data)]
+    assert _cut_chunks(StreamingChunker(), [[p] for p in pieces]) == oneshot
+
+
+def test_zero_copy_cut_shares_memory_with_large_pieces() -> None:
+    """Chunks inside a large piece are views of it; only bridges are copies."""
+    data = random.Random(5).randbytes(8 << 20)
+    pieces = [data[i : i + (4 << 20)] for i in range(0, len(data), 4 << 20)]
+    ch = StreamingChunker()
+    chunks = ch.cut(pieces, eof=True)
+    assert b"".join(chunks) == data
+    shared = sum(len(c) for c in chunks if any(c.obj is p for p in pieces))
+    assert shared >= len(data) - 2 * ch._max  # at most one bridge per boundary
+    # A run of zeros: every cut forced at max, each of them final at once.
+    ch = StreamingChunker(1024)
+    assert [len(c) for c in ch.cut([b"\0" * 4096], eof=False)] == [2048, 2048]
+    assert ch.pending == 0

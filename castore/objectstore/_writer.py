@@ -8,7 +8,9 @@
     worker thread, one job per segment:
         in segment order: FastCDC cut (the unfinished last chunk is carried to the next
         segment), then the whole-blob BLAKE3 (a second ordered step, so that one worker
-        can cut the next segment while the other hashes this one)
+        can cut the next segment while the other hashes this one); the segment's pieces
+        are never copied into one buffer: a chunk inside a piece is a view of it, and
+        only a chunk that straddles two pieces is copied (StreamingChunker.cut)
         then in parallel with the other worker: BLAKE3 of each chunk, and for each new
         chunk a zstd frame and, for in-process stores, the conditional put
     back on the loop: for remote stores, concurrent conditional puts (bounded in count
@@ -22,7 +24,12 @@ latency rules, get many uploads in flight from the loop.
 
 Memory is bounded whatever the blob's size: the stream holds a few pieces of at most
 4 MiB, the consumer gathers one segment, and at most three segments (plus, for remote
-stores, a bounded number of bytes in uploads) are in flight.
+stores, a bounded number of bytes in uploads) are in flight; a job lets each piece go
+once the chunks in it are stored.
+
+Why no contiguous copy of a segment: joining 16 MiB into fresh memory cost ~1 s/GiB of
+page faults on these VMs and held the GIL while it copied (38 % of all GIL time in a
+profile), which kept the other worker from starting its next chunk.
 
 Abandonment: the consumer task never references the writer, so a writer that is
 dropped can be garbage-collected; its finalizer cancels the task. A cancelled or failed
@@ -181,7 +188,7 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
     try:
         _wait_turn(blob, seg.prev_cut)
         pieces = seg.pieces
-        buf, ends = blob.chunker.feed(pieces, seg.eof)
+        chunks = blob.chunker.cut(pieces, seg.eof)
         seg.cut.set()
         _wait_turn(blob, seg.prev_hashed)
         update = blob.hasher.update
@@ -199,9 +206,8 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
         seg.hashed.set()
         seg.pieces = []
 
-    if not ends:
+    if not chunks:
         return _Done([], [], [], [])
-    mv = memoryview(buf).cast("B")
     digests: list[bytes] = []
     sizes: list[int] = []
     keys: list[str] = []
@@ -213,13 +219,14 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
     # one large output buffer per call costs more in page faults than it saves.
     compress = compressor().compress
     adapter = blob.adapter if blob.sync_put else None
-    start = 0
-    for end in ends:
-        piece = mv[start:end]
+    # Taken from the end of the reversed list, so that each input piece is let go as
+    # soon as the last chunk viewing it is stored, not when the whole segment is.
+    chunks.reverse()
+    while chunks:
+        piece = chunks.pop()
         d = blake3.blake3(piece, max_threads=1).digest()
         digests.append(d)
-        sizes.append(end - start)
-        start = end
+        sizes.append(len(piece))
         if d in seen:
             continue
         seen.add(d)
