@@ -2,9 +2,29 @@
 
 Seeks by binary search over chunk offsets, fetches chunks lazily, keeps a bounded
 window of the next chunks in flight (prefetch) so that a sequential read does not wait
-one round trip per chunk, and verifies each chunk's BLAKE3 digest and size. When a read
-covers the whole blob from offset 0, the concatenation is also checked against the
-blob's own digest, so an index listing the wrong chunks raises instead of passing.
+one round trip per chunk, and verifies each chunk's BLAKE3 digest and size. When the
+blob is read in order from offset 0 to its end, the bytes returned are also checked
+against the blob's own digest, so an index listing the wrong chunks raises instead of
+passing.
+
+Where the work runs (DESIGN section 8: a hop between the loop and a thread costs
+40-150 µs of CPU, as much as fetching and verifying a chunk of incompressible data):
+
+- Fetches are done by a few *pullers*, each taking the next chunk of the window in turn
+  until the window is exhausted. With a synchronous fetcher (``fetch_sync``) a puller is
+  one worker-thread job that fetches many chunks, handing each to the loop with one
+  ``call_soon_threadsafe``; it waits a moment for the window to grow before it ends, so
+  a steady sequential read starts a puller about once, not once per chunk. With only
+  the async ``fetch``, a puller is a task, and unverified chunks are verified in a worker.
+- The whole-blob BLAKE3 runs in this module's two-thread pool as an ordered chain, fed
+  each chunk (from the loop, without waiting) when a read first reaches it.
+- A read that spans chunks is joined into one ``bytes`` in that pool when it is large;
+  a read that is exactly one chunk returns that chunk's ``bytes`` without a copy.
+
+The window: from the chunk under the cursor to ``prefetch`` chunks past the end of the
+current read, and at least as many bytes past it as the read asked for, so the next
+read of the same size finds its chunks fetched or in flight. At most ``prefetch + 1``
+pullers run at once; fetched chunks are dropped once the cursor has passed them.
 """
 
 from __future__ import annotations
@@ -12,21 +32,57 @@ from __future__ import annotations
 import asyncio
 import bisect
 import io
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import anyio.to_thread
 import blake3
 
 from castore._digest import B3Digest, ChunkMeta
 from castore.blobservice import BlobReader, BlobService, _seek_target
-from castore.errors import BlobNotFoundError, DigestMismatchError, InvalidSeekError
+from castore.errors import (
+    BlobNotFoundError,
+    DigestMismatchError,
+    InvalidSeekError,
+    StoreTimeoutError,
+)
 
-__all__ = ["ChunkFetcher", "ChunkedReader", "verify_chunk"]
+__all__ = ["ChunkFetcher", "ChunkedReader", "SyncChunkFetcher", "verify_chunk"]
 
 #: Fetches one chunk's bytes, already verified against ``ChunkMeta`` or not.
 ChunkFetcher = Callable[[ChunkMeta], Awaitable[bytes]]
+#: Fetches and verifies one chunk's bytes; called in worker threads.
+SyncChunkFetcher = Callable[[ChunkMeta], bytes]
 
 DEFAULT_PREFETCH = 4
+
+# Reads of at least this many bytes that span chunks are joined in a worker thread
+# (bytes.join releases the GIL for such sizes) rather than on the event loop.
+_THREAD_JOIN_MIN = 1 << 20
+# At most this many chunks are fetched ahead of a read, whatever its size.
+_MAX_AHEAD = 64
+# Bytes queued for the whole-blob hash beyond which a read waits for the hash to catch up.
+_HASH_BACKLOG = 32 << 20
+# Seconds a thread puller waits for the window to grow before it ends.
+_LINGER = 0.05
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _worker_pool() -> ThreadPoolExecutor:
+    """The readers' pool for CPU work (whole-blob hashes, large joins); never store calls.
+
+    Two threads: the machines castore is tuned for have two cores, and a job here never
+    waits for anything but the CPU, so a hung store cannot starve it.
+    """
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="castore-reader")
+        return _pool
 
 
 def verify_chunk(meta: ChunkMeta, data: bytes) -> bytes:
@@ -41,13 +97,84 @@ def verify_chunk(meta: ChunkMeta, data: bytes) -> bytes:
     return data
 
 
+class _OrderedHash:
+    """A BLAKE3 over byte strings fed in order from the loop, hashed in a worker thread.
+
+    At most one drain job runs at a time; it takes what is queued, in order, until the
+    queue is empty. Feeding never waits; :meth:`digest` waits for the job to finish.
+    """
+
+    __slots__ = ("_hasher", "_job", "_lock", "_queue", "_queued", "_running")
+
+    def __init__(self) -> None:
+        self._hasher = blake3.blake3(max_threads=1)
+        self._lock = threading.Lock()
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._running = False
+        self._job: Future[None] | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Bytes fed and not hashed yet."""
+        return self._queued
+
+    def feed(self, parts: Sequence[bytes]) -> None:
+        with self._lock:
+            self._queue.extend(parts)
+            self._queued += sum(len(p) for p in parts)
+            if self._running:
+                return  # the running job takes them too
+            self._running = True
+        self._job = _worker_pool().submit(self._drain)
+
+    def _drain(self) -> None:
+        update = self._hasher.update
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running = False
+                    return
+                data = self._queue.popleft()
+            update(data)
+            with self._lock:
+                self._queued -= len(data)
+
+    async def settle(self) -> None:
+        """Wait until everything fed so far is hashed."""
+        job = self._job
+        if job is not None:
+            await asyncio.wrap_future(job)
+
+    async def digest(self) -> bytes:
+        """The digest of everything fed."""
+        await self.settle()
+        return self._hasher.digest()
+
+    def drop(self) -> None:
+        """Forget what is queued (the running job, if any, stops after its current item)."""
+        with self._lock:
+            self._queue.clear()
+            self._queued = 0
+
+
 class ChunkedReader(BlobReader):
     """A :class:`BlobReader` over ``chunks``, fetched through ``fetch``.
 
     ``fetch`` is called with each chunk's :class:`ChunkMeta`; unless ``verified_fetch``
     is set, the bytes it returns are verified here (in a worker thread). ``prefetch``
-    bounds how many chunks ahead of the current one are fetched concurrently.
-    ``blob_digest``, when given, is checked once the whole blob has been read in order.
+    is how many chunks beyond the end of the current read are fetched ahead (reads also
+    fetch ahead as many bytes as they ask for, and at most ``prefetch + 1`` fetches run
+    at once; 0 fetches only what a read needs, one chunk at a time). ``blob_digest``,
+    when given, is checked once the whole blob has been read in order.
+
+    ``fetch_sync``, when given, does what ``fetch`` does, synchronously (verified
+    or not, as ``verified_fetch`` says); the reader then calls it from a few long worker
+    jobs rather than paying a thread hop per chunk (``fetch`` is still used for a chunk
+    that has to be fetched again after a failure). ``timeout`` then bounds how long a
+    read waits for one chunk: past it, the read raises
+    :class:`~castore.errors.StoreTimeoutError` (a worker stuck in the store is left
+    behind, as an abandoned thread).
     """
 
     def __init__(
@@ -58,9 +185,13 @@ class ChunkedReader(BlobReader):
         prefetch: int = DEFAULT_PREFETCH,
         verified_fetch: bool = False,
         blob_digest: B3Digest | None = None,
+        fetch_sync: SyncChunkFetcher | None = None,
+        timeout: float | None = None,
     ) -> None:
         self._chunks = list(chunks)
         self._fetch = fetch
+        self._fetch_sync = fetch_sync
+        self._timeout = timeout
         self._prefetch = max(0, prefetch)
         self._verified_fetch = verified_fetch
         self._offsets: list[int] = []
@@ -70,13 +201,28 @@ class ChunkedReader(BlobReader):
             total += c.size
         self._length = total
         self._pos = 0
-        self._inflight: dict[int, asyncio.Task[bytes]] = {}
         self._closed = False
-        # Whole-blob check: running hash of the bytes returned so far, while they are
-        # exactly blob[0:_hashed_to].
+        self._loop = asyncio.get_running_loop() if fetch_sync is not None else None
+        # The window [_lo, _hi): results (or pending waits) by chunk index, and the next
+        # index a puller takes. _lock guards _claim, _hi and _pullers, which thread
+        # pullers read; _wake tells lingering thread pullers that the window grew.
+        self._results: dict[int, asyncio.Future[bytes]] = {}
+        self._lo = 0
+        self._hi = 0
+        self._claim = 0
+        self._pullers = 0
+        self._taken: set[int] = set()  # taken by a puller, not handed over yet
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        # Whole-blob check: while every read so far continued where the previous one
+        # ended, starting at 0, _returned_to is where the bytes returned end, and the
+        # chunks before _fed_to have been fed, in order, to _whole.
         self._blob_digest = blob_digest
-        self._hasher: blake3.blake3 | None = blake3.blake3(max_threads=1) if blob_digest else None
-        self._hashed_to = 0
+        self._whole: _OrderedHash | None = _OrderedHash() if blob_digest else None
+        self._returned_to = 0
+        self._fed_to = 0
+        self._corrupt: DigestMismatchError | None = None
 
     @classmethod
     def from_service(
@@ -122,58 +268,254 @@ class ChunkedReader(BlobReader):
         self._pos = target
         return target
 
+    def _index(self, offset: int) -> int:
+        return bisect.bisect_right(self._offsets, offset) - 1
+
+    # --- reading ------------------------------------------------------------------------
+
     async def read(self, n: int = -1) -> bytes:
         if self._closed:
             raise ValueError("read() on a closed reader")
-        remaining = self._length - self._pos
+        if self._corrupt is not None:
+            raise self._corrupt
+        pos = self._pos
+        remaining = self._length - pos
         if n < 0 or n > remaining:
             n = remaining
         if n <= 0:
             return b""
-        parts: list[bytes] = []
-        want = n
-        while want > 0:
-            idx = bisect.bisect_right(self._offsets, self._pos) - 1
-            data = await self._chunk(idx)
-            start = self._pos - self._offsets[idx]
-            piece = data[start : start + want] if (start or want < len(data)) else data
-            parts.append(piece)
-            self._pos += len(piece)
-            want -= len(piece)
-        out = parts[0] if len(parts) == 1 else b"".join(parts)
-        self._check_whole(self._pos - len(out), out)
+        first = self._index(pos)
+        last = self._index(pos + n - 1)
+        self._move(first, self._ahead(last, pos + n, n))
+        datas = [await self._get(i) for i in range(first, last + 1)]
+
+        whole = self._whole
+        if whole is not None:
+            if pos != self._returned_to:
+                # Not a continuation of an in-order read from 0: no whole-blob check.
+                whole.drop()
+                whole = self._whole = None
+            else:
+                # Feed each chunk the first time a read reaches it: its bytes are the
+                # ones this read and the in-order reads after it return.
+                k = self._fed_to - first
+                if k < len(datas):
+                    whole.feed(datas[max(0, k) :])
+                    self._fed_to = last + 1
+                if whole.backlog > _HASH_BACKLOG:
+                    await whole.settle()
+
+        start = pos - self._offsets[first]
+        if first == last:
+            data = datas[0]
+            out = data if start == 0 and n == len(data) else data[start : start + n]
+        else:
+            end = pos + n - self._offsets[last]
+            if start:
+                datas[0] = datas[0][start:]
+            if end != len(datas[-1]):
+                datas[-1] = datas[-1][:end]
+            if n >= _THREAD_JOIN_MIN:
+                out = await asyncio.wrap_future(_worker_pool().submit(b"".join, datas))
+            else:
+                out = b"".join(datas)
+        del datas
+
+        if whole is not None:
+            if pos + n == self._length:
+                assert self._blob_digest is not None
+                actual = await whole.digest()
+                self._whole = None
+                if actual != self._blob_digest.digest:
+                    # The index does not list this blob's chunks: every later read
+                    # fails too, rather than hand out any of these bytes unchecked.
+                    self._corrupt = DigestMismatchError(
+                        f"blob {self._blob_digest.hex()}: its chunks hash to {actual.hex()}"
+                    )
+                    raise self._corrupt
+            self._returned_to = pos + n
+        self._pos = pos + n
+        # Forget the chunks the cursor has passed.
+        self._move(self._index(self._pos) if self._pos < self._length else len(self._chunks))
         return out
 
-    def _check_whole(self, start: int, out: bytes) -> None:
-        if self._hasher is None or start != self._hashed_to:
-            return
-        self._hasher.update(out)
-        self._hashed_to += len(out)
-        if self._hashed_to == self._length:
-            assert self._blob_digest is not None
-            actual = self._hasher.digest()
-            self._hasher = None
-            if actual != self._blob_digest.digest:
-                raise DigestMismatchError(
-                    f"blob {self._blob_digest.hex()}: its chunks hash to {actual.hex()}"
-                )
+    def _ahead(self, last: int, end: int, n: int) -> int:
+        """The window's end for a read of ``n`` bytes covering chunks up to ``last``."""
+        hi = last + 1
+        if self._prefetch:
+            ahead = hi + self._prefetch
+            if end < self._length:
+                ahead = max(ahead, self._index(min(end + n, self._length) - 1) + 1)
+            if self._lo <= last < self._hi:
+                ahead = max(ahead, self._hi)  # keep what is already ahead
+            hi = min(ahead, last + 1 + _MAX_AHEAD, len(self._chunks))
+        return hi
 
-    async def _chunk(self, idx: int) -> bytes:
-        # Keep idx .. idx+prefetch in flight; forget what lies behind the cursor.
-        for old in [i for i in self._inflight if i < idx or i > idx + self._prefetch]:
-            self._inflight.pop(old).cancel()
-        for i in range(idx, min(idx + self._prefetch + 1, len(self._chunks))):
-            if i not in self._inflight:
-                self._inflight[i] = asyncio.ensure_future(self._load(self._chunks[i]))
-        task = self._inflight[idx]
+    def _move(self, lo: int, hi: int | None = None) -> None:
+        """Make the window [lo, hi) (``hi`` unchanged when not given) and fill it."""
+        if hi is None:
+            hi = self._hi
+        hi = max(hi, lo)
+        if lo < self._lo or lo >= self._hi or hi < self._hi:
+            # A jump (a seek) or a shrink: drop results outside the new window.
+            for i in [i for i in self._results if i < lo or i >= hi]:
+                self._results.pop(i).cancel()
+        else:
+            for i in range(self._lo, lo):
+                fut = self._results.pop(i, None)
+                if fut is not None:
+                    fut.cancel()
+        with self._lock:
+            if lo < self._lo or lo >= self._hi or self._claim < lo:
+                self._claim = lo
+            self._lo, self._hi = lo, hi
+            start = min(self._prefetch + 1 - self._pullers, hi - self._claim)
+            if start > 0:
+                self._pullers += start
+            if self._claim < hi:
+                self._wake.notify_all()
+        for _ in range(max(0, start)):
+            self._start_puller()
+
+    def _start_puller(self) -> None:
+        if self._fetch_sync is not None:
+            job = anyio.to_thread.run_sync(self._pull_sync, abandon_on_cancel=True)
+        else:
+            job = self._pull_async()
+        task = asyncio.ensure_future(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._puller_done)
+
+    def _puller_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # failures reach readers through the results
+
+    def _take(self) -> int | None:
+        """The next chunk index for a puller (under the lock), or None: the puller ends."""
+        i = self._claim
+        if self._closed or i >= self._hi:
+            self._pullers -= 1
+            return None
+        self._claim = i + 1
+        self._taken.add(i)
+        return i
+
+    def _pull_sync(self) -> None:
+        """A thread puller: fetch chunks in window order; hand each to the loop."""
+        fetch = self._fetch_sync
+        loop = self._loop
+        assert fetch is not None and loop is not None
+        while True:
+            with self._lock:
+                if not self._closed and self._claim >= self._hi:
+                    self._wake.wait(_LINGER)
+                i = self._take()
+            if i is None:
+                return
+            try:
+                meta = self._chunks[i]
+                data = fetch(meta)
+                if not self._verified_fetch:
+                    verify_chunk(meta, data)
+            except Exception as e:
+                self._hand_over(loop, i, None, e)
+                with self._lock:
+                    self._pullers -= 1
+                return
+            if not self._hand_over(loop, i, data, None):
+                return
+
+    def _hand_over(
+        self, loop: asyncio.AbstractEventLoop, i: int, data: bytes | None, exc: Exception | None
+    ) -> bool:
         try:
-            data = await asyncio.shield(task)
+            loop.call_soon_threadsafe(self._deliver, i, data, exc)
+        except RuntimeError:  # the loop is closed: nobody is reading any more
+            with self._lock:
+                self._closed = True
+            return False
+        return True
+
+    async def _pull_async(self) -> None:
+        """A task puller: the same, through the async ``fetch``."""
+        while True:
+            with self._lock:
+                i = self._take()
+            if i is None:
+                return
+            try:
+                data = await self._load(self._chunks[i])
+            except Exception as e:
+                self._deliver(i, None, e)
+                with self._lock:
+                    self._pullers -= 1
+                return
+            self._deliver(i, data, None)
+
+    def _deliver(self, i: int, data: bytes | None, exc: Exception | None) -> None:
+        """On the loop: a puller's result for chunk ``i``, kept if the window holds it."""
+        with self._lock:
+            self._taken.discard(i)
+        if self._closed or not self._lo <= i < self._hi:
+            return
+        fut = self._results.get(i)
+        if fut is None:
+            fut = self._results[i] = asyncio.get_running_loop().create_future()
+        elif fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+            fut.exception()  # reported by the read that needs it, if any
+        else:
+            assert data is not None
+            fut.set_result(data)
+
+    async def _get(self, i: int) -> bytes:
+        fut = self._results.get(i)
+        if fut is None:
+            fut = self._results[i] = asyncio.get_running_loop().create_future()
+            with self._lock:
+                lost = i < self._claim and i not in self._taken
+            if lost:
+                # Taken by a puller earlier but not here (failed, or dropped by a
+                # window move): fetch it on its own.
+                self._refetch(i, fut)
+        if not fut.done():
+            try:
+                if self._fetch_sync is not None and self._timeout is not None:
+                    async with asyncio.timeout(self._timeout):
+                        await asyncio.shield(fut)
+                else:
+                    await asyncio.shield(fut)
+            except TimeoutError:
+                meta = self._chunks[i]
+                raise StoreTimeoutError(
+                    f"reading chunk {meta.digest.hex()}: the store did not answer within "
+                    f"{self._timeout} s"
+                ) from None
+        try:
+            return fut.result()
         except BaseException:
-            if task.done():
-                self._inflight.pop(idx, None)
+            if self._results.get(i) is fut:
+                del self._results[i]  # a later read fetches it again
             raise
-        # Keep the current chunk cached while the cursor is inside it.
-        return data
+
+    def _refetch(self, i: int, fut: asyncio.Future[bytes]) -> None:
+        async def one() -> None:
+            try:
+                data = await self._load(self._chunks[i])
+            except Exception as e:
+                if not fut.done():
+                    fut.set_exception(e)
+                    fut.exception()
+                return
+            if not fut.done():
+                fut.set_result(data)
+
+        task = asyncio.ensure_future(one())
+        self._tasks.add(task)
+        task.add_done_callback(self._puller_done)
 
     async def _load(self, meta: ChunkMeta) -> bytes:
         data = await self._fetch(meta)
@@ -182,9 +524,17 @@ class ChunkedReader(BlobReader):
         return data
 
     async def aclose(self) -> None:
-        self._closed = True
-        tasks = list(self._inflight.values())
-        self._inflight.clear()
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+        if self._whole is not None:
+            self._whole.drop()
+            self._whole = None
+        for fut in self._results.values():
+            fut.cancel()
+        self._results.clear()
+        tasks = list(self._tasks)
+        self._tasks.clear()
         for t in tasks:
             t.cancel()
         if tasks:

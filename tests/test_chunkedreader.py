@@ -164,3 +164,140 @@ async def test_aclose_cancels_prefetches() -> None:
     assert cancelled == 4
     with pytest.raises(ValueError):
         await r.read()
+
+
+# --- synchronous fetching (pullers in worker threads) -------------------------------------
+
+
+def _sync_store(pieces: list[bytes]) -> tuple[list[ChunkMeta], dict[B3Digest, bytes]]:
+    metas = [ChunkMeta(B3Digest.of(p), len(p)) for p in pieces]
+    return metas, {m.digest: p for m, p in zip(metas, pieces, strict=True)}
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 4])
+@pytest.mark.parametrize("n", [1, 3, 5, 16, 100, -1])
+async def test_sync_fetch_reads_and_seeks(prefetch: int, n: int) -> None:
+    metas, by = _sync_store(PIECES)
+    calls: list[ChunkMeta] = []
+
+    def fetch_sync(meta: ChunkMeta) -> bytes:
+        calls.append(meta)
+        return by[meta.digest]
+
+    async def never(meta: ChunkMeta) -> bytes:
+        raise AssertionError("the async fetch is for refetches only")
+
+    r = ChunkedReader(
+        metas, never, prefetch=prefetch, fetch_sync=fetch_sync, blob_digest=B3Digest.of(WHOLE)
+    )
+    async with r:
+        out = b""
+        while block := await r.read(n):
+            out += block
+        assert out == WHOLE
+        for start in (13, 2, 0, 7, 15):
+            await r.seek(start)
+            assert await r.read(n) == (WHOLE[start:] if n < 0 else WHOLE[start : start + n])
+    assert calls
+
+
+async def test_a_whole_chunk_is_returned_without_a_copy() -> None:
+    pieces = [bytes([i]) * 1000 for i in range(4)]
+    metas, by = _sync_store(pieces)
+
+    async def fetch(meta: ChunkMeta) -> bytes:
+        return by[meta.digest]
+
+    async with ChunkedReader(metas, fetch, blob_digest=B3Digest.of(b"".join(pieces))) as r:
+        for p in pieces:
+            got = await r.read(1000)
+            assert got == p
+            assert got is by[B3Digest.of(p)]
+
+
+async def test_sync_fetch_verifies_unless_told_it_does() -> None:
+    metas, _ = _sync_store([b"ab", b"cd"])
+    async with ChunkedReader(metas, _unused, fetch_sync=lambda m: b"XY") as r:
+        with pytest.raises(DigestMismatchError):
+            await r.read()
+
+
+async def _unused(meta: ChunkMeta) -> bytes:
+    raise AssertionError("not called")
+
+
+async def test_sync_fetch_timeout_and_recovery() -> None:
+    """A fetch stuck in the store: the read raises StoreTimeoutError after the timeout;
+    once the store answers, the same reader reads on."""
+    import threading
+
+    from castore.errors import StoreTimeoutError
+
+    metas, by = _sync_store(PIECES)
+    release = threading.Event()
+
+    def fetch_sync(meta: ChunkMeta) -> bytes:
+        if meta.digest == metas[2].digest:
+            release.wait(10)
+        return by[meta.digest]
+
+    r = ChunkedReader(metas, _unused, prefetch=1, fetch_sync=fetch_sync, timeout=0.2)
+    async with r:
+        assert await r.read(6) == WHOLE[:6]
+        with anyio.fail_after(5), pytest.raises(StoreTimeoutError, match=r"within 0\.2 s"):
+            await r.read(3)
+        release.set()
+        assert await r.read(3) == WHOLE[6:9]
+        assert await r.read() == WHOLE[9:]
+
+
+async def test_sync_fetch_failure_is_fetched_again() -> None:
+    """A chunk whose fetch failed is fetched again (through the async fetch) by the next
+    read that needs it."""
+    metas, by = _sync_store(PIECES)
+    failed = False
+
+    def flaky(meta: ChunkMeta) -> bytes:
+        nonlocal failed
+        if meta.digest == metas[1].digest and not failed:
+            failed = True
+            raise BlobNotFoundError("gone for now")
+        return by[meta.digest]
+
+    async def fetch(meta: ChunkMeta) -> bytes:
+        return by[meta.digest]
+
+    async with ChunkedReader(metas, fetch, prefetch=2, fetch_sync=flaky) as r:
+        assert await r.read(2) == WHOLE[:2]
+        with pytest.raises(BlobNotFoundError):
+            await r.read(4)
+        assert await r.read() == WHOLE[2:]
+
+
+async def test_wrong_index_fails_every_later_read() -> None:
+    """Read in small pieces, in order, to the end: the last read raises, and so does any
+    read after it (no byte of a blob whose chunks are not its own is handed out again)."""
+    metas, by = _sync_store(PIECES)
+
+    async def fetch(meta: ChunkMeta) -> bytes:
+        return by[meta.digest]
+
+    async with ChunkedReader(metas, fetch, blob_digest=B3Digest.of(b"other")) as r:
+        assert await r.read(10) == WHOLE[:10]
+        with pytest.raises(DigestMismatchError):
+            await r.read(6)
+        await r.seek(0)
+        with pytest.raises(DigestMismatchError):
+            await r.read(1)
+
+
+async def test_whole_blob_check_needs_an_in_order_read_from_zero() -> None:
+    """Reads that skip bytes are not checked against the blob digest (they cannot be)."""
+    metas, by = _sync_store(PIECES)
+
+    async def fetch(meta: ChunkMeta) -> bytes:
+        return by[meta.digest]
+
+    async with ChunkedReader(metas, fetch, blob_digest=B3Digest.of(b"other")) as r:
+        await r.seek(1)
+        assert await r.read() == WHOLE[1:]
