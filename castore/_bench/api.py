@@ -31,7 +31,7 @@ from castore import B3Digest, BlobService, from_addr
 __all__ = ["Run", "StoreKind", "ingest_and_read", "thread_cpu"]
 
 #: Thread categories of the per-thread CPU split, in display order.
-CATEGORIES = ("loop", "writer pool", "anyio threads", "other native")
+CATEGORIES = ("loop", "writer pool", "reader pool", "anyio threads", "other native")
 
 
 @dataclass
@@ -85,6 +85,8 @@ def _category(tid: int, names: dict[int, str]) -> str:
         return "other native"
     if name.startswith("castore-writer"):
         return "writer pool"
+    if name.startswith("castore-reader"):
+        return "reader pool"
     if "AnyIO" in name or "asyncio" in name:
         return "anyio threads"
     return "other native"
@@ -112,6 +114,8 @@ class StoreKind:
 
         Before a local-disk store, dirty pages of earlier writes are flushed: the kernel's
         writeback of a backlog makes file writes several times dearer and varies a lot.
+        Earlier stores are kept until :meth:`cleanup` (see :mod:`castore._bench.limits`
+        on why deleting files between measurements makes the next ones dearer).
         """
         if self.name == "memory":
             return "objectstore+memory:///"
@@ -153,7 +157,6 @@ async def _read(svc: BlobService, digest: B3Digest, piece: int) -> int:
 async def _one(kind: StoreKind, pieces: Sequence[bytes], size: int, repeat: int, piece: int) -> Run:
     run = Run(kind.name, size)
     for _ in range(repeat):
-        kind.cleanup()
         gc.collect()
         url = kind.fresh()
         svc = from_addr(url)
@@ -181,7 +184,6 @@ async def _one(kind: StoreKind, pieces: Sequence[bytes], size: int, repeat: int,
                 await svc.aclose()
         if url.startswith("objectstore+file://"):
             run.stored_bytes = _du(pathlib.Path(url.removeprefix("objectstore+file://")))
-    kind.cleanup()
     return run
 
 

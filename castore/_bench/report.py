@@ -117,8 +117,8 @@ def _limits_table(res: Results) -> Table:
     notes.append(
         "CPU seconds per GiB of input, single-threaded, best of"
         f" {res.repeat}; put and get into/from an obstore MemoryStore / LocalStore. A limit is"
-        f" {res.cores} cores / the sum of a side's stages with that store's put or get:"
-        " perfect overlap, no overhead."
+        f" {res.cores} cores / the sum of a side's stages with that store's put or get"
+        " (BLAKE3 blob counts on both sides): perfect overlap, no overhead."
     )
     return Table(
         "1. Per-stage CPU limit (CPU s/GiB)",
@@ -221,8 +221,9 @@ def _read_table(res: Results) -> Table:
         rows,
         [
             f"Best of {res.repeat}. The limit is get (from that store) + zstd decompress +"
-            f" BLAKE3 of each chunk (target >= {READ_TARGET}x); castore's reader also hashes"
-            " the whole blob when it is read in order, which the limit does not count.",
+            " BLAKE3 of each chunk + BLAKE3 of the whole blob, which a reader checks when it"
+            f" reads a whole blob in order (target >= {READ_TARGET}x). Not in the limit: the"
+            " copy that joins chunks into each 4 MiB read.",
         ],
     )
 
