@@ -16,18 +16,20 @@ import textwrap
 import threading
 import time
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 import obstore
 import pytest
 from obstore.exceptions import GenericError
-from obstore.store import MemoryStore
+from obstore.store import LocalStore, MemoryStore
 
 from castore import B3Digest, ObjectStoreBlobService
 from castore.errors import StoreError, WriteAbortedError
 from castore.objectstore import DEFAULT_AVG_CHUNK_SIZE, ObstoreAdapter, PipelineConfig
 from castore.objectstore._chunker import make_fastcdc
+from castore.objectstore._writer import PUT_THREADS
 from castore.testing.conformance import pseudo_random_bytes
 
 if TYPE_CHECKING:
@@ -40,9 +42,17 @@ DATA = pseudo_random_bytes(6_000_000, seed=21)
 class FaultyAdapter(ObstoreAdapter):
     """Fails the ``fail_at``-th chunk put (1-based), or the index put; counts the rest."""
 
-    def __init__(self, store: MemoryStore, *, in_process: bool, fail_at: int | None = None) -> None:
+    def __init__(
+        self,
+        store: MemoryStore,
+        *,
+        in_process: bool,
+        fail_at: int | None = None,
+        overlap_puts: bool = False,
+    ) -> None:
         super().__init__(store)
         self.in_process = in_process
+        self.overlap_puts = overlap_puts
         self.fail_at = fail_at
         self.fail_index = False
         self.chunk_puts = 0
@@ -114,14 +124,18 @@ def unique_64mib() -> bytes:
 # --- store faults ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("in_process", [True, False], ids=["sync-puts", "async-puts"])
+@pytest.mark.parametrize(
+    ("in_process", "pooled"),
+    [(True, False), (False, False), (True, True)],
+    ids=["sync-puts", "async-puts", "pooled-puts"],
+)
 @pytest.mark.parametrize("which", ["first", "middle", "last"])
-async def test_chunk_put_fault(in_process: bool, which: str) -> None:
+async def test_chunk_put_fault(in_process: bool, pooled: bool, which: str) -> None:
     n = len(list(make_fastcdc(DEFAULT_AVG_CHUNK_SIZE).cut_buf(DATA)))
     assert n > 10
     fail_at = {"first": 1, "middle": n // 2, "last": n}[which]
     store = MemoryStore()
-    adapter = FaultyAdapter(store, in_process=in_process, fail_at=fail_at)
+    adapter = FaultyAdapter(store, in_process=in_process, fail_at=fail_at, overlap_puts=pooled)
     svc = ObjectStoreBlobService(adapter, pipeline=SMALL_SEGMENTS)
     writer = await svc.open_write()
     with pytest.raises(StoreError, match="injected fault"):
@@ -240,15 +254,20 @@ async def test_garbage_collected_writer() -> None:
     assert _index_keys(store) == []
 
 
-async def test_writer_threads_end_with_the_service() -> None:
+@pytest.mark.parametrize("where", ["memory", "local disk"])
+async def test_writer_threads_end_with_the_service(where: str, tmp_path: Path) -> None:
     def writer_threads() -> set[threading.Thread]:
         return {t for t in threading.enumerate() if t.name.startswith("castore-writer")}
 
     before = writer_threads()
-    svc = ObjectStoreBlobService(MemoryStore(), pipeline=SMALL_SEGMENTS)
-    await svc.put(DATA)
+    store = MemoryStore() if where == "memory" else LocalStore(tmp_path)
+    svc = ObjectStoreBlobService(store, pipeline=SMALL_SEGMENTS)
+    assert svc.adapter.overlap_puts == (where == "local disk")
+    assert await svc.put(DATA) == B3Digest.of(DATA)
+    assert await svc.get(B3Digest.of(DATA)) == DATA
     ours = writer_threads() - before
-    assert 1 <= len(ours) <= 2
+    # Two workers; on local disk also the put pool's threads.
+    assert 1 <= len(ours) <= (2 if where == "memory" else 2 + PUT_THREADS)
     await svc.aclose()
     with anyio.fail_after(5):
         while any(t.is_alive() for t in ours):  # noqa: ASYNC110 - threads, not tasks

@@ -39,6 +39,11 @@ class StoreAdapter(abc.ABC):
     #: uploads, which suit stores where latency and not CPU rules.
     in_process: bool = False
 
+    #: True when a synchronous put mostly waits for the file system (local disk, where
+    #: each chunk is a new file and often a new folder): the writer then puts from a
+    #: few threads of its own, so that its workers go on hashing and compressing.
+    overlap_puts: bool = False
+
     @abc.abstractmethod
     def get(self, key: str) -> Buffer | None:
         """The object's bytes, or ``None`` if there is no such object."""
@@ -78,6 +83,7 @@ class ObstoreAdapter(StoreAdapter):
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self.in_process = isinstance(store, MemoryStore | LocalStore)
+        self.overlap_puts = isinstance(store, LocalStore)
         # Conditional creates are not supported everywhere (HTTP/WebDAV); fall back to
         # a HEAD followed by a plain put once the store has said so.
         self._create_supported = True

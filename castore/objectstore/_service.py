@@ -28,7 +28,7 @@ from castore.objectstore._chunker import (
 )
 from castore.objectstore._codec import decode_chunk, decode_index
 from castore.objectstore._layout import Layout
-from castore.objectstore._writer import ObjectStoreBlobWriter, PipelineConfig
+from castore.objectstore._writer import PUT_THREADS, ObjectStoreBlobWriter, PipelineConfig
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -122,6 +122,7 @@ class ObjectStoreBlobService(BlobService):
         self._prefetch = read_prefetch
         self._pipeline = pipeline or PipelineConfig()
         self._pool: ThreadPoolExecutor | None = None
+        self._put_pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return (
@@ -255,12 +256,25 @@ class ObjectStoreBlobService(BlobService):
     async def open_write(self) -> BlobWriter:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="castore-writer")
+        if self._put_pool is None and self._adapter.overlap_puts:
+            # Local disk: a put waits on the file system (a new file, often a new folder,
+            # per chunk); a few threads put while the two workers hash and compress.
+            self._put_pool = ThreadPoolExecutor(
+                max_workers=PUT_THREADS, thread_name_prefix="castore-writer-put"
+            )
         return ObjectStoreBlobWriter(
-            self._adapter, self._layout, self.avg_chunk_size, self._pool, self._pipeline
+            self._adapter,
+            self._layout,
+            self.avg_chunk_size,
+            self._pool,
+            self._pipeline,
+            self._put_pool,
         )
 
     async def aclose(self) -> None:
         """Let the writer threads go once their queued work is done."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)
+        pools = (self._pool, self._put_pool)
+        self._pool = self._put_pool = None
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=False)

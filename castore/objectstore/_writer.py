@@ -12,7 +12,9 @@
         are never copied into one buffer: a chunk inside a piece is a view of it, and
         only a chunk that straddles two pieces is copied (StreamingChunker.cut)
         then in parallel with the other worker: BLAKE3 of each chunk, and for each new
-        chunk a zstd frame and, for in-process stores, the conditional put
+        chunk a zstd frame and, for in-process stores, the conditional put (on local
+        disk handed to the service's small put pool, a few puts per job at a time: a put
+        there waits on the file system, and the worker goes on compressing meanwhile)
     back on the loop: for remote stores, concurrent conditional puts (bounded in count
         and bytes); after the last chunk is stored, the blob index
 
@@ -43,7 +45,7 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -108,17 +110,39 @@ class PipelineConfig:
         self.upload_bytes = upload_bytes
 
 
+#: Threads of a service's put pool (StoreAdapter.overlap_puts: local disk).
+PUT_THREADS = 4
+# Puts one segment job may have queued or running before it waits for the oldest.
+_PUTS_PER_JOB = 8
+
+
 class _Blob:
     """State shared by one writer's consumer task and its segment jobs."""
 
-    __slots__ = ("aborted", "adapter", "chunker", "digest", "hasher", "layout", "sync_put")
+    __slots__ = (
+        "aborted",
+        "adapter",
+        "chunker",
+        "digest",
+        "hasher",
+        "layout",
+        "put_pool",
+        "sync_put",
+    )
 
     def __init__(
-        self, adapter: StoreAdapter, layout: Layout, avg_chunk_size: int, sync_put: bool
+        self,
+        adapter: StoreAdapter,
+        layout: Layout,
+        avg_chunk_size: int,
+        sync_put: bool,
+        put_pool: ThreadPoolExecutor | None,
     ) -> None:
         self.adapter = adapter
         self.layout = layout
         self.sync_put = sync_put
+        # Where the workers hand their puts, if not storing chunks themselves.
+        self.put_pool = put_pool if sync_put else None
         self.chunker = StreamingChunker(avg_chunk_size)
         self.hasher = blake3.blake3(max_threads=1)
         self.digest: bytes | None = None
@@ -219,32 +243,62 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
     # one large output buffer per call costs more in page faults than it saves.
     compress = compressor().compress
     adapter = blob.adapter if blob.sync_put else None
-    # Taken from the end of the reversed list, so that each input piece is let go as
-    # soon as the last chunk viewing it is stored, not when the whole segment is.
-    chunks.reverse()
-    while chunks:
-        piece = chunks.pop()
-        d = blake3.blake3(piece, max_threads=1).digest()
-        digests.append(d)
-        sizes.append(len(piece))
-        if d in seen:
-            continue
-        seen.add(d)
-        key = chunk_key(d)
-        if adapter is None:
-            keys.append(key)
-            frames.append(compress(piece))
-            continue
-        if blob.aborted:
-            raise _Abandoned
-        try:
-            # In-process stores answer existence in microseconds: skip compressing a
-            # chunk that is already stored (re-ingesting known data costs no zstd).
-            if not adapter.exists(key):
-                adapter.put_new(key, compress(piece))
-        except Exception as e:
-            raise translate_store_error(e, f"storing chunk {key}") from e
+    puts: deque[tuple[str, Future[bool]]] | None = None
+    if blob.put_pool is not None:
+        puts = deque()
+        submit = blob.put_pool.submit
+    try:
+        # Taken from the end of the reversed list, so that each input piece is let go as
+        # soon as the last chunk viewing it is stored, not when the whole segment is.
+        chunks.reverse()
+        while chunks:
+            piece = chunks.pop()
+            d = blake3.blake3(piece, max_threads=1).digest()
+            digests.append(d)
+            sizes.append(len(piece))
+            if d in seen:
+                continue
+            seen.add(d)
+            key = chunk_key(d)
+            if adapter is None:
+                keys.append(key)
+                frames.append(compress(piece))
+                continue
+            if blob.aborted:
+                raise _Abandoned
+            try:
+                # In-process stores answer existence in microseconds: skip compressing a
+                # chunk that is already stored (re-ingesting known data costs no zstd).
+                if adapter.exists(key):
+                    continue
+                frame = compress(piece)
+                if puts is None:
+                    adapter.put_new(key, frame)
+                    continue
+            except Exception as e:
+                raise translate_store_error(e, f"storing chunk {key}") from e
+            puts.append((key, submit(adapter.put_new, key, frame)))
+            while len(puts) > _PUTS_PER_JOB:
+                _put_result(*puts.popleft())
+        while puts:
+            _put_result(*puts.popleft())
+    finally:
+        if puts:
+            # Failing: let the puts already started finish (nothing may touch the store
+            # once the writer is closed); the first error is the one reported.
+            for _, fut in puts:
+                fut.cancel()
+            for _, fut in puts:
+                with contextlib.suppress(BaseException):
+                    fut.result()
     return _Done(digests, sizes, keys, frames)
+
+
+def _put_result(key: str, fut: Future[bool]) -> None:
+    try:
+        fut.result()
+    except Exception as e:
+        raise translate_store_error(e, f"storing chunk {key}") from e
 
 
 class _Uploads:
@@ -390,9 +444,10 @@ class ObjectStoreBlobWriter(BlobWriter):
         avg_chunk_size: int,
         pool: ThreadPoolExecutor,
         cfg: PipelineConfig,
+        put_pool: ThreadPoolExecutor | None = None,
     ) -> None:
         self._cfg = cfg
-        self._blob = _Blob(adapter, layout, avg_chunk_size, adapter.in_process)
+        self._blob = _Blob(adapter, layout, avg_chunk_size, adapter.in_process, put_pool)
         send, receive = anyio.create_memory_object_stream[Piece](cfg.stream_items)
         self._send: MemoryObjectSendStream[Piece] = send
         self._small = bytearray()
