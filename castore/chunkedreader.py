@@ -12,10 +12,12 @@ Where the work runs (DESIGN section 8: a hop between the loop and a thread costs
 
 - Fetches are done by a few *pullers*, each taking the next chunk of the window in turn
   until the window is exhausted. With a synchronous fetcher (``fetch_sync``) a puller is
-  one worker-thread job that fetches many chunks, handing each to the loop with one
-  ``call_soon_threadsafe``; it waits a moment for the window to grow before it ends, so
-  a steady sequential read starts a puller about once, not once per chunk. With only
-  the async ``fetch``, a puller is a task, and unverified chunks are verified in a worker.
+  one worker-thread job that fetches many chunks; it waits a moment for the window to
+  grow before it ends, so a steady sequential read starts a puller about once, not once
+  per chunk. Pullers leave what they fetched in a shared table and wake the loop only
+  when a read is waiting for it (once, when its last missing chunk arrives), so a read
+  whose chunks were fetched ahead costs no wakeup at all. With only the async ``fetch``,
+  a puller is a task, and unverified chunks are verified in a worker.
 - The whole-blob BLAKE3 runs in this module's two-thread pool as an ordered chain, fed
   each chunk (from the loop, without waiting) when a read first reaches it.
 - A read that spans chunks is joined into one ``bytes`` in that pool when it is large;
@@ -95,6 +97,23 @@ def verify_chunk(meta: ChunkMeta, data: bytes) -> bytes:
     if actual != meta.digest.digest:
         raise DigestMismatchError(f"chunk {meta.digest.hex()}: data hashes to {actual.hex()}")
     return data
+
+
+def _release(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _Waiter:
+    """A read waiting for chunks ``first .. end - 1``, ``missing`` of which are not in."""
+
+    __slots__ = ("end", "first", "fut", "missing")
+
+    def __init__(self, first: int, end: int, missing: int, fut: asyncio.Future[None]) -> None:
+        self.first = first
+        self.end = end
+        self.missing = missing
+        self.fut = fut
 
 
 class _OrderedHash:
@@ -202,16 +221,23 @@ class ChunkedReader(BlobReader):
         self._length = total
         self._pos = 0
         self._closed = False
-        self._loop = asyncio.get_running_loop() if fetch_sync is not None else None
-        # The window [_lo, _hi): results (or pending waits) by chunk index, and the next
-        # index a puller takes. _lock guards _claim, _hi and _pullers, which thread
-        # pullers read; _wake tells lingering thread pullers that the window grew.
-        self._results: dict[int, asyncio.Future[bytes]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # The window [_lo, _hi) and the next index a puller takes. _lock guards what
+        # pullers in threads touch: _claim, _lo, _hi, _pullers, _taken, _ready, _waiter,
+        # _arrived. _wake tells lingering thread pullers that the window grew.
         self._lo = 0
         self._hi = 0
         self._claim = 0
         self._pullers = 0
         self._taken: set[int] = set()  # taken by a puller, not handed over yet
+        # Fetched chunks of the window (or the error fetching one), by index. Pullers put
+        # them here and wake the loop only when a read waits for them (_waiter: the range
+        # it needs and the future it awaits), so that a read whose chunks were fetched
+        # ahead costs the loop no wakeup per chunk.
+        self._ready: dict[int, bytes | Exception] = {}
+        self._waiter: _Waiter | None = None
+        self._arrived = 0  # chunks handed over so far: progress, for the timeout
+        self._refetching: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -286,8 +312,10 @@ class ChunkedReader(BlobReader):
             return b""
         first = self._index(pos)
         last = self._index(pos + n - 1)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         self._move(first, self._ahead(last, pos + n, n))
-        datas = [await self._get(i) for i in range(first, last + 1)]
+        datas = await self._collect(first, last + 1)
 
         whole = self._whole
         if whole is not None:
@@ -356,16 +384,15 @@ class ChunkedReader(BlobReader):
         if hi is None:
             hi = self._hi
         hi = max(hi, lo)
-        if lo < self._lo or lo >= self._hi or hi < self._hi:
-            # A jump (a seek) or a shrink: drop results outside the new window.
-            for i in [i for i in self._results if i < lo or i >= hi]:
-                self._results.pop(i).cancel()
-        else:
-            for i in range(self._lo, lo):
-                fut = self._results.pop(i, None)
-                if fut is not None:
-                    fut.cancel()
         with self._lock:
+            ready = self._ready
+            if lo < self._lo or lo >= self._hi or hi < self._hi:
+                # A jump (a seek) or a shrink: drop results outside the new window.
+                for i in [i for i in ready if i < lo or i >= hi]:
+                    del ready[i]
+            else:
+                for i in range(self._lo, lo):
+                    ready.pop(i, None)
             if lo < self._lo or lo >= self._hi or self._claim < lo:
                 self._claim = lo
             self._lo, self._hi = lo, hi
@@ -402,10 +429,9 @@ class ChunkedReader(BlobReader):
         return i
 
     def _pull_sync(self) -> None:
-        """A thread puller: fetch chunks in window order; hand each to the loop."""
+        """A thread puller: fetch chunks in window order; hand each over."""
         fetch = self._fetch_sync
-        loop = self._loop
-        assert fetch is not None and loop is not None
+        assert fetch is not None
         while True:
             with self._lock:
                 if not self._closed and self._claim >= self._hi:
@@ -419,23 +445,12 @@ class ChunkedReader(BlobReader):
                 if not self._verified_fetch:
                     verify_chunk(meta, data)
             except Exception as e:
-                self._hand_over(loop, i, None, e)
+                self._hand_over(i, e)
                 with self._lock:
                     self._pullers -= 1
                 return
-            if not self._hand_over(loop, i, data, None):
+            if not self._hand_over(i, data):
                 return
-
-    def _hand_over(
-        self, loop: asyncio.AbstractEventLoop, i: int, data: bytes | None, exc: Exception | None
-    ) -> bool:
-        try:
-            loop.call_soon_threadsafe(self._deliver, i, data, exc)
-        except RuntimeError:  # the loop is closed: nobody is reading any more
-            with self._lock:
-                self._closed = True
-            return False
-        return True
 
     async def _pull_async(self) -> None:
         """A task puller: the same, through the async ``fetch``."""
@@ -447,72 +462,117 @@ class ChunkedReader(BlobReader):
             try:
                 data = await self._load(self._chunks[i])
             except Exception as e:
-                self._deliver(i, None, e)
+                self._hand_over(i, e)
                 with self._lock:
                     self._pullers -= 1
                 return
-            self._deliver(i, data, None)
+            self._hand_over(i, data)
 
-    def _deliver(self, i: int, data: bytes | None, exc: Exception | None) -> None:
-        """On the loop: a puller's result for chunk ``i``, kept if the window holds it."""
+    def _hand_over(self, i: int, result: bytes | Exception) -> bool:
+        """From any thread: chunk ``i`` (or the error fetching it) for the reads.
+
+        Kept if the window holds it and it is not there yet; the loop is woken only if a
+        read waits for it. False when the loop is gone: the puller stops.
+        """
         with self._lock:
             self._taken.discard(i)
-        if self._closed or not self._lo <= i < self._hi:
-            return
-        fut = self._results.get(i)
-        if fut is None:
-            fut = self._results[i] = asyncio.get_running_loop().create_future()
-        elif fut.done():
-            return
-        if exc is not None:
-            fut.set_exception(exc)
-            fut.exception()  # reported by the read that needs it, if any
-        else:
-            assert data is not None
-            fut.set_result(data)
-
-    async def _get(self, i: int) -> bytes:
-        fut = self._results.get(i)
-        if fut is None:
-            fut = self._results[i] = asyncio.get_running_loop().create_future()
-            with self._lock:
-                lost = i < self._claim and i not in self._taken
-            if lost:
-                # Taken by a puller earlier but not here (failed, or dropped by a
-                # window move): fetch it on its own.
-                self._refetch(i, fut)
-        if not fut.done():
-            try:
-                if self._fetch_sync is not None and self._timeout is not None:
-                    async with asyncio.timeout(self._timeout):
-                        await asyncio.shield(fut)
-                else:
-                    await asyncio.shield(fut)
-            except TimeoutError:
-                meta = self._chunks[i]
-                raise StoreTimeoutError(
-                    f"reading chunk {meta.digest.hex()}: the store did not answer within "
-                    f"{self._timeout} s"
-                ) from None
+            if self._closed or not self._lo <= i < self._hi or i in self._ready:
+                return not self._closed
+            self._ready[i] = result
+            self._arrived += 1
+            waiter = self._waiter
+            if waiter is None or not waiter.first <= i < waiter.end:
+                return True
+            waiter.missing -= 1
+            if waiter.missing and not isinstance(result, Exception):
+                return True
+            self._waiter = None
+        loop = self._loop
+        assert loop is not None
         try:
-            return fut.result()
-        except BaseException:
-            if self._results.get(i) is fut:
-                del self._results[i]  # a later read fetches it again
-            raise
+            loop.call_soon_threadsafe(_release, waiter.fut)
+        except RuntimeError:  # the loop is closed: nobody is reading any more
+            with self._lock:
+                self._closed = True
+            return False
+        return True
 
-    def _refetch(self, i: int, fut: asyncio.Future[bytes]) -> None:
+    async def _collect(self, first: int, end: int) -> list[bytes]:
+        """The chunks ``first .. end - 1``, waiting for those not fetched yet."""
+        loop = self._loop
+        assert loop is not None
+        while True:
+            error: Exception | None = None
+            missing: list[int] = []
+            found: list[bytes] = []
+            with self._lock:
+                ready = self._ready
+                for i in range(first, end):
+                    r = ready.get(i)
+                    if r is None:
+                        missing.append(i)
+                    elif isinstance(r, Exception):
+                        # Raised to this read; a later read that needs it fetches it again.
+                        del ready[i]
+                        error = r
+                        break
+                    else:
+                        found.append(r)
+                if error is None and missing:
+                    # Taken by a puller earlier but neither here nor in flight (it failed
+                    # and was dropped, or a window move dropped it): fetch it on its own.
+                    lost = [
+                        i
+                        for i in missing
+                        if i < self._claim and i not in self._taken and i not in self._refetching
+                    ]
+                    fut: asyncio.Future[None] = loop.create_future()
+                    self._waiter = _Waiter(first, end, len(missing), fut)
+                    arrived = self._arrived
+            if error is not None:
+                raise error
+            if not missing:
+                return found
+            for i in lost:
+                self._refetch(i)
+            try:
+                await self._wait(fut, arrived, missing[0])
+            finally:
+                with self._lock:
+                    if self._waiter is not None and self._waiter.fut is fut:
+                        self._waiter = None
+
+    async def _wait(self, fut: asyncio.Future[None], arrived: int, first_missing: int) -> None:
+        if self._fetch_sync is None or self._timeout is None:
+            await fut
+            return
+        while True:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await asyncio.shield(fut)
+                return
+            except TimeoutError:
+                with self._lock:
+                    if self._arrived == arrived:
+                        break
+                    arrived = self._arrived  # chunks are still arriving: wait on
+        meta = self._chunks[first_missing]
+        raise StoreTimeoutError(
+            f"reading chunk {meta.digest.hex()}: the store did not answer within {self._timeout} s"
+        )
+
+    def _refetch(self, i: int) -> None:
         async def one() -> None:
             try:
                 data = await self._load(self._chunks[i])
             except Exception as e:
-                if not fut.done():
-                    fut.set_exception(e)
-                    fut.exception()
-                return
-            if not fut.done():
-                fut.set_result(data)
+                self._hand_over(i, e)
+            else:
+                self._hand_over(i, data)
+            finally:
+                self._refetching.discard(i)
 
+        self._refetching.add(i)
         task = asyncio.ensure_future(one())
         self._tasks.add(task)
         task.add_done_callback(self._puller_done)
@@ -530,9 +590,11 @@ class ChunkedReader(BlobReader):
         if self._whole is not None:
             self._whole.drop()
             self._whole = None
-        for fut in self._results.values():
-            fut.cancel()
-        self._results.clear()
+        with self._lock:
+            self._ready.clear()
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.fut.cancel()
         tasks = list(self._tasks)
         self._tasks.clear()
         for t in tasks:
