@@ -18,8 +18,12 @@ Where the work runs (DESIGN section 8: a hop between the loop and a thread costs
   when a read is waiting for it (once, when its last missing chunk arrives), so a read
   whose chunks were fetched ahead costs no wakeup at all. With only the async ``fetch``,
   a puller is a task, and unverified chunks are verified in a worker.
-- The whole-blob BLAKE3 runs in this module's two-thread pool as an ordered chain, fed
-  each chunk (from the loop, without waiting) when a read first reaches it.
+- The whole-blob BLAKE3 is a chain over the chunks in index order: each chunk is offered
+  to it as soon as it is fetched and verified, and whichever puller offers the next one
+  in line hashes it (and any after it already in), mostly while the bytes are still in
+  its CPU's cache. Its digest is checked only by a read that returns the blob's last
+  bytes after reads that went in order from offset 0, so it covers exactly the bytes
+  returned: the same verified chunk objects, in order.
 - A read that spans chunks is joined into one ``bytes`` in that pool when it is large;
   a read that is exactly one chunk returns that chunk's ``bytes`` without a copy.
 
@@ -33,11 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import io
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import anyio.to_thread
 import blake3
@@ -65,8 +69,6 @@ DEFAULT_PREFETCH = 4
 _THREAD_JOIN_MIN = 1 << 20
 # At most this many chunks are fetched ahead of a read, whatever its size.
 _MAX_AHEAD = 64
-# Bytes queued for the whole-blob hash beyond which a read waits for the hash to catch up.
-_HASH_BACKLOG = 32 << 20
 # Seconds a thread puller waits for the window to grow before it ends.
 _LINGER = 0.05
 
@@ -116,65 +118,78 @@ class _Waiter:
         self.fut = fut
 
 
-class _OrderedHash:
-    """A BLAKE3 over byte strings fed in order from the loop, hashed in a worker thread.
+class _ChainHash:
+    """The whole-blob BLAKE3 over chunks ``0 .. count - 1``, hashed in index order.
 
-    At most one drain job runs at a time; it takes what is queued, in order, until the
-    queue is empty. Feeding never waits; :meth:`digest` waits for the job to finish.
+    Chunks are offered as they are fetched and verified, in any order, from any thread;
+    whichever thread offers the next one in line hashes it, and those after it that are
+    already in (one thread at a time). So a chunk is mostly hashed by the puller that
+    just verified it, while its bytes are still in the CPU's cache, and the event loop
+    never hashes. :meth:`digest` waits until all ``count`` chunks are in.
     """
 
-    __slots__ = ("_hasher", "_job", "_lock", "_queue", "_queued", "_running")
+    __slots__ = ("_busy", "_count", "_dead", "_hasher", "_held", "_lock", "_next", "_waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, count: int) -> None:
         self._hasher = blake3.blake3(max_threads=1)
         self._lock = threading.Lock()
-        self._queue: deque[bytes] = deque()
-        self._queued = 0
-        self._running = False
-        self._job: Future[None] | None = None
+        self._count = count
+        self._next = 0  # the next chunk index to hash
+        self._held: dict[int, bytes] = {}  # offered before their turn
+        self._busy = False  # a thread is hashing
+        self._dead = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
-    @property
-    def backlog(self) -> int:
-        """Bytes fed and not hashed yet."""
-        return self._queued
-
-    def feed(self, parts: Sequence[bytes]) -> None:
+    def offer(self, i: int, data: bytes) -> bool:
+        """Add chunk ``i``; True if the caller should now :meth:`drain` (in a worker)."""
         with self._lock:
-            self._queue.extend(parts)
-            self._queued += sum(len(p) for p in parts)
-            if self._running:
-                return  # the running job takes them too
-            self._running = True
-        self._job = _worker_pool().submit(self._drain)
+            if self._dead or i < self._next or i in self._held:
+                return False
+            self._held[i] = data
+            if self._busy or self._next not in self._held:
+                return False
+            self._busy = True
+            return True
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
+        """Hash the chunks in line, in order, until the next one is not in yet."""
         update = self._hasher.update
         while True:
             with self._lock:
-                if not self._queue:
-                    self._running = False
-                    return
-                data = self._queue.popleft()
+                data = None if self._dead else self._held.pop(self._next, None)
+                if data is None:
+                    self._busy = False
+                    if self._next < self._count and not self._dead:
+                        return
+                    waiters, self._waiters = self._waiters, []
+                    break
             update(data)
             with self._lock:
-                self._queued -= len(data)
-
-    async def settle(self) -> None:
-        """Wait until everything fed so far is hashed."""
-        job = self._job
-        if job is not None:
-            await asyncio.wrap_future(job)
+                self._next += 1
+        for loop, fut in waiters:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                loop.call_soon_threadsafe(_release, fut)
 
     async def digest(self) -> bytes:
-        """The digest of everything fed."""
-        await self.settle()
+        """The digest, once every chunk has been hashed."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            done = self._next == self._count and not self._busy
+            if not done:
+                fut: asyncio.Future[None] = loop.create_future()
+                self._waiters.append((loop, fut))
+        if not done:
+            await fut
         return self._hasher.digest()
 
-    def drop(self) -> None:
-        """Forget what is queued (the running job, if any, stops after its current item)."""
+    def kill(self) -> None:
+        """Stop: no more hashing (a read broke the in-order sequence)."""
         with self._lock:
-            self._queue.clear()
-            self._queued = 0
+            self._dead = True
+            self._held.clear()
+            waiters, self._waiters = self._waiters, []
+        for _, fut in waiters:
+            fut.cancel()
 
 
 class ChunkedReader(BlobReader):
@@ -241,13 +256,15 @@ class ChunkedReader(BlobReader):
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        # Whole-blob check: while every read so far continued where the previous one
-        # ended, starting at 0, _returned_to is where the bytes returned end, and the
-        # chunks before _fed_to have been fed, in order, to _whole.
+        # Whole-blob check: _whole hashes the chunks in index order as they are fetched;
+        # its digest is checked by the read that returns the blob's last bytes, if every
+        # read so far continued where the previous one ended, starting at 0
+        # (_returned_to is where the bytes returned so far end).
         self._blob_digest = blob_digest
-        self._whole: _OrderedHash | None = _OrderedHash() if blob_digest else None
+        self._whole: _ChainHash | None = (
+            _ChainHash(len(self._chunks)) if blob_digest is not None else None
+        )
         self._returned_to = 0
-        self._fed_to = 0
         self._corrupt: DigestMismatchError | None = None
 
     @classmethod
@@ -318,20 +335,10 @@ class ChunkedReader(BlobReader):
         datas = await self._collect(first, last + 1)
 
         whole = self._whole
-        if whole is not None:
-            if pos != self._returned_to:
-                # Not a continuation of an in-order read from 0: no whole-blob check.
-                whole.drop()
-                whole = self._whole = None
-            else:
-                # Feed each chunk the first time a read reaches it: its bytes are the
-                # ones this read and the in-order reads after it return.
-                k = self._fed_to - first
-                if k < len(datas):
-                    whole.feed(datas[max(0, k) :])
-                    self._fed_to = last + 1
-                if whole.backlog > _HASH_BACKLOG:
-                    await whole.settle()
+        if whole is not None and pos != self._returned_to:
+            # Not a continuation of an in-order read from 0: no whole-blob check.
+            whole.kill()
+            whole = self._whole = None
 
         start = pos - self._offsets[first]
         if first == last:
@@ -451,6 +458,9 @@ class ChunkedReader(BlobReader):
                 return
             if not self._hand_over(i, data):
                 return
+            whole = self._whole
+            if whole is not None and whole.offer(i, data):
+                whole.drain()  # here, while the chunk is still in this CPU's cache
 
     async def _pull_async(self) -> None:
         """A task puller: the same, through the async ``fetch``."""
@@ -467,6 +477,12 @@ class ChunkedReader(BlobReader):
                     self._pullers -= 1
                 return
             self._hand_over(i, data)
+            self._offer_from_loop(i, data)
+
+    def _offer_from_loop(self, i: int, data: bytes) -> None:
+        whole = self._whole
+        if whole is not None and whole.offer(i, data):
+            _worker_pool().submit(whole.drain)
 
     def _hand_over(self, i: int, result: bytes | Exception) -> bool:
         """From any thread: chunk ``i`` (or the error fetching it) for the reads.
@@ -569,6 +585,7 @@ class ChunkedReader(BlobReader):
                 self._hand_over(i, e)
             else:
                 self._hand_over(i, data)
+                self._offer_from_loop(i, data)
             finally:
                 self._refetching.discard(i)
 
@@ -588,7 +605,7 @@ class ChunkedReader(BlobReader):
             self._closed = True
             self._wake.notify_all()
         if self._whole is not None:
-            self._whole.drop()
+            self._whole.kill()
             self._whole = None
         with self._lock:
             self._ready.clear()
