@@ -10,6 +10,8 @@
 - ``dedup``: ten edited versions of one file through castore.
 - ``peers``: restic, borgbackup and casync on the same data, and castore's CLI beside them.
 - ``report``: tables, targets and the Markdown file.
+- ``allocator``: page faults and kernel time of repeated ingests into memory, a separate
+  measurement (``python -m castore._bench.allocator``) behind the benchmark's notes.
 
 Nothing here is imported by castore itself; it is not public API.
 """
