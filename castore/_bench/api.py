@@ -9,7 +9,10 @@ Besides wall time, each run records the CPU the process spent and how it split a
 threads, from ``/proc/self/task/*/schedstat`` (nanoseconds on CPU per thread): the event
 loop's thread, castore's writer pool, anyio's worker threads, and the rest (obstore's
 tokio runtime and other native threads). That is the profile evidence of where castore's
-time goes, taken in the same run as the figures.
+time goes, taken in the same run as the figures. It also records the part of that CPU
+spent in the kernel and the minor page faults (``getrusage``): on these VMs the first
+touch of fresh memory is, after castore's own stages and the file system's, the largest
+and most variable cost.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import contextlib
 import gc
 import os
 import pathlib
+import resource
 import shutil
 import tempfile
 import threading
@@ -43,9 +47,13 @@ class Run:
     ingest_s: float = float("inf")
     ingest_cpu: float = 0.0
     ingest_threads: dict[str, float] = field(default_factory=dict)
+    ingest_kernel: float = 0.0
+    ingest_faults: int = 0
     read_s: float = float("inf")
     read_cpu: float = 0.0
     read_threads: dict[str, float] = field(default_factory=dict)
+    read_kernel: float = 0.0
+    read_faults: int = 0
     digest: str = ""
     stored_bytes: int = 0
 
@@ -75,6 +83,17 @@ def thread_cpu() -> dict[int, float]:
         except (OSError, ValueError, IndexError):
             continue
     return out
+
+
+def kernel_and_faults() -> tuple[float, int]:
+    """System CPU seconds and minor page faults of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_stime, r.ru_minflt
+
+
+def _since(before: tuple[float, int]) -> tuple[float, int]:
+    kernel, faults = kernel_and_faults()
+    return kernel - before[0], faults - before[1]
 
 
 def _category(tid: int, names: dict[int, str]) -> str:
@@ -161,24 +180,28 @@ async def _one(kind: StoreKind, pieces: Sequence[bytes], size: int, repeat: int,
         url = kind.fresh()
         svc = from_addr(url)
         try:
-            before, cpu0, t0 = thread_cpu(), time.process_time(), time.perf_counter()
+            before, sys0 = thread_cpu(), kernel_and_faults()
+            cpu0, t0 = time.process_time(), time.perf_counter()
             digest = await _ingest(svc, pieces)
             wall = time.perf_counter() - t0
-            cpu, after = time.process_time() - cpu0, thread_cpu()
+            cpu, after, sys1 = time.process_time() - cpu0, thread_cpu(), _since(sys0)
             if wall < run.ingest_s:
                 run.ingest_s, run.ingest_cpu = wall, cpu
                 run.ingest_threads = _split(before, after)
+                run.ingest_kernel, run.ingest_faults = sys1
             run.digest = str(digest)
             gc.collect()
-            before, cpu0, t0 = thread_cpu(), time.process_time(), time.perf_counter()
+            before, sys0 = thread_cpu(), kernel_and_faults()
+            cpu0, t0 = time.process_time(), time.perf_counter()
             got = await _read(svc, digest, piece)
             wall = time.perf_counter() - t0
-            cpu, after = time.process_time() - cpu0, thread_cpu()
+            cpu, after, sys1 = time.process_time() - cpu0, thread_cpu(), _since(sys0)
             if got != size:
                 raise RuntimeError(f"read {got} bytes of a {size}-byte blob")
             if wall < run.read_s:
                 run.read_s, run.read_cpu = wall, cpu
                 run.read_threads = _split(before, after)
+                run.read_kernel, run.read_faults = sys1
         finally:
             with contextlib.suppress(Exception):
                 await svc.aclose()

@@ -85,6 +85,17 @@ def _x(r: float) -> str:
     return f"{r:.2f}x"
 
 
+KERNEL_NOTE = (
+    "Kernel = the part of that CPU spent in the kernel: file-system calls into a local-disk"
+    " store, and first touches of fresh memory (minor page faults, counted beside it), which"
+    " depend on how much freed memory the allocator keeps and vary from run to run."
+)
+
+
+def _kernel(seconds: float, faults: int, gib: float) -> str:
+    return f"{seconds / gib:.2f} ({faults / gib / 1000:,.0f}k)"
+
+
 def _verdict(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
@@ -156,6 +167,7 @@ def _ingest_table(res: Results) -> Table:
                     f"{run.ingest_cpu / run.ingest_s:.2f}",
                     f"{run.ingest_cpu / gib:.2f}",
                     _x(run.ingest_cpu / gib / lim.write_cpu(run.store)),
+                    _kernel(run.ingest_kernel, run.ingest_faults, gib),
                     " / ".join(f"{run.ingest_threads.get(c, 0.0) / gib:.2f}" for c in CATEGORIES),
                 ]
             )
@@ -170,6 +182,7 @@ def _ingest_table(res: Results) -> Table:
             "cores busy",
             "CPU s/GiB",
             "CPU vs limit",
+            "of it kernel s/GiB (page faults/GiB)",
             "CPU s/GiB: " + " / ".join(CATEGORIES),
         ],
         rows,
@@ -179,7 +192,7 @@ def _ingest_table(res: Results) -> Table:
             " process's CPU per GiB over the sum of the stages: above 1x is castore's"
             " overhead (copies, page faults, Python, the loop). Cores busy = CPU seconds per"
             f" wall second; below {res.cores} means castore waited, or other processes had the"
-            " cores. The last column splits that"
+            f" cores. {KERNEL_NOTE} The last column splits that"
             " CPU by thread (from /proc/self/task/*/schedstat); 'other native' is"
             " obstore's runtime and any thread not started from Python.",
         ],
@@ -202,6 +215,7 @@ def _read_table(res: Results) -> Table:
                     f"{run.read_cpu / run.read_s:.2f}",
                     f"{run.read_cpu / gib:.2f}",
                     _x(run.read_cpu / gib / lim.read_cpu(run.store)),
+                    _kernel(run.read_kernel, run.read_faults, gib),
                     " / ".join(f"{run.read_threads.get(c, 0.0) / gib:.2f}" for c in CATEGORIES),
                 ]
             )
@@ -216,6 +230,7 @@ def _read_table(res: Results) -> Table:
             "cores busy",
             "CPU s/GiB",
             "CPU vs limit",
+            "of it kernel s/GiB (page faults/GiB)",
             "CPU s/GiB: " + " / ".join(CATEGORIES),
         ],
         rows,
@@ -223,7 +238,7 @@ def _read_table(res: Results) -> Table:
             f"Best of {res.repeat}. The limit is get (from that store) + zstd decompress +"
             " BLAKE3 of each chunk + BLAKE3 of the whole blob, which a reader checks when it"
             f" reads a whole blob in order (target >= {READ_TARGET}x). Not in the limit: the"
-            " copy that joins chunks into each 4 MiB read.",
+            f" copy that joins chunks into each 4 MiB read. {KERNEL_NOTE}",
         ],
     )
 
