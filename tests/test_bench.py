@@ -81,9 +81,14 @@ def test_quick_run_writes_a_well_formed_report(
         ("text", "memory"),
         ("text", "file"),
     }
+    kernel = re.compile(r"^\d+\.\d\d \([\d,]+k\)$")  # kernel s/GiB (k page faults/GiB)
     for row in ingest[1:]:
         assert float(row[2].replace(",", "")) > 0
         assert row[4].endswith("x")
+        assert ingest[0][8].startswith("of it kernel") and kernel.match(row[8]), row
+    read = next(rows for t, rows in tables.items() if t.startswith("3. Sequential read"))
+    for row in read[1:]:
+        assert read[0][8].startswith("of it kernel") and kernel.match(row[8]), row
     # Sections that were not asked for are reported as not run, not left out silently.
     verdicts = {r[0]: r[2] for r in tables["Targets (issue 8)"][1:]}
     assert verdicts["20 ms delay keeps >= 0.5 of throughput"] == "NOT RUN"
@@ -228,3 +233,19 @@ async def test_delay_proxy_forwards_and_counts_requests() -> None:
         await proxy.close()
         server.close()
         await server.wait_closed()
+
+
+def test_allocator_measurement_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m castore._bench.allocator`` at a tiny size: one line per run, with
+    throughput, CPU and page faults for the ingest and the read-back."""
+    from castore._bench import allocator
+
+    allocator.main(["--mib", "4", "--runs", "2", "--kind", "text"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    pattern = re.compile(
+        r"^ingest +\d+ MiB/s, user [\d.]+ s/GiB, system [\d.]+ s/GiB, +\d+ faults/GiB"
+        r" \| read +\d+ MiB/s, user [\d.]+ s/GiB, system [\d.]+ s/GiB, +\d+ faults/GiB$"
+    )
+    for line in lines:
+        assert pattern.match(line), line
