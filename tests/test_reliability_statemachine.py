@@ -57,8 +57,8 @@ def _faulty(stores: list[FaultyStore], *, in_process: bool = True) -> FaultyStor
     chunk gets in a hundred (Hypothesis keeps most blobs small: few calls an example).
 
     Each store also corrupts its first chunk get, truncated or flipped by turns, so that
-    a run corrupts some chunk whatever Hypothesis chooses to do (at random rates alone, a
-    run whose examples read few chunks could see none: seen once in CI).
+    a run that reads any chunk at all sees corruption whatever else Hypothesis chooses (at
+    random rates alone, a run whose examples read few chunks could see none: seen in CI).
     """
     store = FaultyStore(MemoryStore(), seed=len(stores) % 2, in_process=in_process)
     corrupt = Fault.FLIP if len(stores) % 2 else Fault.TRUNCATE

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from obstore.store import MemoryStore
 
+from castore._bench.api import ingest_blob, read_blob
 from castore._bench.data import random_data, split, text_data
 from castore.objectstore import ObjectStoreBlobService
 
@@ -45,18 +46,10 @@ def _line(what: str, mib: float, seconds: float, before: tuple[float, float, int
 async def _once(pieces: Sequence[bytes], mib: float) -> str:
     async with ObjectStoreBlobService(MemoryStore()) as svc:
         before, t0 = _usage(), time.perf_counter()
-        writer = await svc.open_write()
-        for piece in pieces:
-            await writer.write(piece)
-        digest = await writer.close()
+        digest = await ingest_blob(svc, pieces)
         wrote = _line("ingest", mib, time.perf_counter() - t0, before)
-        reader = await svc.open_read(digest)
-        if reader is None:
-            raise RuntimeError(f"blob {digest} just written is not in the store")
         before, t0 = _usage(), time.perf_counter()
-        async with reader:
-            while await reader.read(_READ):
-                pass
+        await read_blob(svc, digest, _READ)
         return wrote + " | " + _line("read", mib, time.perf_counter() - t0, before)
 
 

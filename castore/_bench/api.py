@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from castore import B3Digest, BlobService, from_addr
 
-__all__ = ["Run", "StoreKind", "ingest_and_read", "thread_cpu"]
+__all__ = ["Run", "StoreKind", "ingest_and_read", "ingest_blob", "read_blob", "thread_cpu"]
 
 #: Thread categories of the per-thread CPU split, in display order.
 CATEGORIES = ("loop", "writer pool", "reader pool", "anyio threads", "other native")
@@ -155,14 +155,16 @@ def _du(path: pathlib.Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-async def _ingest(svc: BlobService, pieces: Sequence[bytes]) -> B3Digest:
+async def ingest_blob(svc: BlobService, pieces: Sequence[bytes]) -> B3Digest:
+    """Write ``pieces`` as one blob through ``open_write``; its digest."""
     writer = await svc.open_write()
     for piece in pieces:
         await writer.write(piece)
     return await writer.close()
 
 
-async def _read(svc: BlobService, digest: B3Digest, piece: int) -> int:
+async def read_blob(svc: BlobService, digest: B3Digest, piece: int) -> int:
+    """Read the blob through ``open_read`` in reads of ``piece`` bytes; the bytes read."""
     reader = await svc.open_read(digest)
     if reader is None:
         raise RuntimeError(f"blob {digest} just written is not in the store")
@@ -182,7 +184,7 @@ async def _one(kind: StoreKind, pieces: Sequence[bytes], size: int, repeat: int,
         try:
             before, sys0 = thread_cpu(), kernel_and_faults()
             cpu0, t0 = time.process_time(), time.perf_counter()
-            digest = await _ingest(svc, pieces)
+            digest = await ingest_blob(svc, pieces)
             wall = time.perf_counter() - t0
             cpu, after, sys1 = time.process_time() - cpu0, thread_cpu(), _since(sys0)
             if wall < run.ingest_s:
@@ -193,7 +195,7 @@ async def _one(kind: StoreKind, pieces: Sequence[bytes], size: int, repeat: int,
             gc.collect()
             before, sys0 = thread_cpu(), kernel_and_faults()
             cpu0, t0 = time.process_time(), time.perf_counter()
-            got = await _read(svc, digest, piece)
+            got = await read_blob(svc, digest, piece)
             wall = time.perf_counter() - t0
             cpu, after, sys1 = time.process_time() - cpu0, thread_cpu(), _since(sys0)
             if got != size:
