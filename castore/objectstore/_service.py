@@ -17,6 +17,7 @@ from obstore.store import (
 )
 
 from castore._digest import EMPTY_DIGEST, B3Digest, ChunkMeta
+from castore._threads import THRESHOLDS, cpu_pool, run_sized
 from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader
 from castore.chunkedreader import ChunkedReader
 from castore.errors import BlobNotFoundError, StoreTimeoutError, translate_store_error
@@ -28,7 +29,7 @@ from castore.objectstore._chunker import (
 )
 from castore.objectstore._codec import decode_chunk, decode_index
 from castore.objectstore._layout import Layout
-from castore.objectstore._writer import PUT_THREADS, ObjectStoreBlobWriter, PipelineConfig
+from castore.objectstore._writer import PUT_THREADS_PER_CPU, ObjectStoreBlobWriter, PipelineConfig
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -49,9 +50,6 @@ _LOCAL_PREFETCH = 1
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
-
-# Indexes longer than this are decoded in a worker thread rather than on the loop.
-_THREAD_DECODE_MIN = 64 << 10
 
 
 class ObjectStoreBlobService(BlobService):
@@ -171,10 +169,8 @@ class ObjectStoreBlobService(BlobService):
             raise self._timed_out(f"reading blob index {key}")
         if raw is None:
             return [] if await self._exists(self._layout.chunk(digest.digest)) else None
-        if len(memoryview(raw)) >= _THREAD_DECODE_MIN:
-            found = await anyio.to_thread.run_sync(decode_index, raw, self._read_limit)
-        else:
-            found = decode_index(raw, self._read_limit)
+        size = len(memoryview(raw))
+        found = await run_sized(size, THRESHOLDS.decode_index, decode_index, raw, self._read_limit)
         if len(found) == 1 and found[0].digest == digest:
             return []
         return found
@@ -255,13 +251,13 @@ class ObjectStoreBlobService(BlobService):
 
     async def open_write(self) -> BlobWriter:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="castore-writer")
+            # One worker a CPU: a job is CPU work from start to end (on memory and local
+            # disk the puts too), so more workers would only take turns.
+            self._pool = cpu_pool("castore-writer")
         if self._put_pool is None and self._adapter.overlap_puts:
             # Local disk: a put waits on the file system (a new file, often a new folder,
-            # per chunk); a few threads put while the two workers hash and compress.
-            self._put_pool = ThreadPoolExecutor(
-                max_workers=PUT_THREADS, thread_name_prefix="castore-writer-put"
-            )
+            # per chunk); a few threads put while the workers hash and compress.
+            self._put_pool = cpu_pool("castore-writer-put", per_cpu=PUT_THREADS_PER_CPU)
         return ObjectStoreBlobWriter(
             self._adapter,
             self._layout,

@@ -3,8 +3,8 @@
 ::
 
     write() --anyio memory stream (bounded)--> consumer task (asyncio)
-        gathers pieces into ~16 MiB segments, hands each to a 2-thread pool in one hop,
-        keeps at most 3 segments in flight
+        gathers pieces into ~16 MiB segments, hands each to the service's worker
+        pool (a thread a CPU) in one hop, keeps at most 3 segments in flight
     worker thread, one job per segment:
         in segment order: FastCDC cut (the unfinished last chunk is carried to the next
         segment), then the whole-blob BLAKE3 (a second ordered step, so that one worker
@@ -52,6 +52,7 @@ import anyio
 import blake3
 
 from castore._digest import B3Digest
+from castore._threads import THRESHOLDS, run_sized
 from castore.blobservice import BlobWriter
 from castore.errors import CastoreError, WriteAbortedError, translate_store_error
 from castore.objectstore._chunker import StreamingChunker
@@ -110,8 +111,8 @@ class PipelineConfig:
         self.upload_bytes = upload_bytes
 
 
-#: Threads of a service's put pool (StoreAdapter.overlap_puts: local disk).
-PUT_THREADS = 4
+#: Threads of a service's put pool per usable CPU (StoreAdapter.overlap_puts: local disk).
+PUT_THREADS_PER_CPU = 2
 # Puts one segment job may have queued or running before it waits for the oldest.
 _PUTS_PER_JOB = 8
 
@@ -405,10 +406,7 @@ async def _consume(
             await uploads.drain()
         assert blob.digest is not None
         digest = blob.digest
-        if len(digests) > 4096:
-            index = await anyio.to_thread.run_sync(encode_index, digests, sizes)
-        else:
-            index = encode_index(digests, sizes)
+        index = await run_sized(len(digests), THRESHOLDS.encode_index, encode_index, digests, sizes)
         key = blob.layout.blob(digest)
         try:
             await blob.adapter.put_async(key, index)

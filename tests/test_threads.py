@@ -1,0 +1,61 @@
+"""The off-loop helper: CPU count from the affinity mask, pools sized from it, and work
+that runs in a worker thread only from its threshold on."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import blake3
+import pytest
+
+from castore._threads import THRESHOLDS, cpu_pool, hash_update, run_sized, usable_cpus
+
+
+def test_usable_cpus_follows_the_affinity_mask() -> None:
+    assert usable_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_usable_cpus_falls_back_without_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(pid: int) -> set[int]:
+        raise OSError("not allowed")
+
+    monkeypatch.setattr(os, "sched_getaffinity", refused)
+    assert usable_cpus() == max(1, os.cpu_count() or 1)
+
+
+def test_cpu_pool_is_sized_per_cpu() -> None:
+    pool = cpu_pool("castore-test", per_cpu=3)
+    go = threading.Event()
+
+    def job() -> str:
+        go.wait(10)
+        return threading.current_thread().name
+
+    try:
+        # Every job blocks until all are queued, so the pool starts all its threads.
+        futures = [pool.submit(job) for _ in range(3 * usable_cpus() + 2)]
+        go.set()
+        names = {f.result() for f in futures}
+    finally:
+        pool.shutdown()
+    assert len(names) == 3 * usable_cpus()
+    assert all(n.startswith("castore-test") for n in names)
+
+
+async def test_run_sized_leaves_the_loop_from_the_threshold_on() -> None:
+    def where() -> threading.Thread:
+        return threading.current_thread()
+
+    loop_thread = threading.current_thread()
+    assert await run_sized(9, 10, where) is loop_thread
+    assert await run_sized(10, 10, where) is not loop_thread
+
+
+async def test_hash_update_hashes_small_and_large_inputs() -> None:
+    for size in (1, THRESHOLDS.hash - 1, THRESHOLDS.hash, 3 * THRESHOLDS.hash):
+        data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        hasher = blake3.blake3()
+        await hash_update(hasher, data)
+        await hash_update(hasher, memoryview(data))
+        assert hasher.digest() == blake3.blake3(data + data).digest()
