@@ -34,9 +34,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package."""
+    """mypy --strict on the package and the benchmark."""
     session.install("-e", ".[test]", "mypy>=1.11")
-    session.run("mypy", "castore")
+    session.run("mypy", "castore", "benchmarks")
 
 
 @nox.session
@@ -88,6 +88,10 @@ def proto_check(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput, memory and dedup figures as same-run ratios; writes docs/benchmarks.md."""
+    """Throughput, memory and dedup figures as same-run ratios; writes docs/benchmarks.md.
+
+    The benchmark lives in ``benchmarks/`` beside the package, not in it: ``python -m
+    benchmarks`` from the repository's root (``nox -s bench -- --quick --out -`` for a smoke
+    run)."""
     session.install("-e", ".[test]")
-    session.run("python", "-m", "castore.bench", *session.posargs)
+    session.run("python", "-m", "benchmarks", *session.posargs)

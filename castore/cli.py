@@ -478,7 +478,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_has)
 
     _add_serve(sub)
-    _add_bench(sub)
     return parser
 
 
@@ -494,13 +493,6 @@ def _add_serve(sub: Any) -> None:
         p.set_defaults(handler=_unavailable(reason))
         return
     serve.add_parser(sub)
-
-
-def _add_bench(sub: Any) -> None:
-    """The ``bench`` subcommand (``python -m castore.bench``); imports nothing heavy."""
-    from castore.bench import add_parser
-
-    add_parser(sub)
 
 
 def _unavailable(reason: str) -> Callable[[argparse.Namespace], Awaitable[int]]:

@@ -1,4 +1,4 @@
-"""Smoke tests of ``python -m castore.bench``: it runs at tiny sizes and reports well-formed
+"""Smoke tests of ``python -m benchmarks``: it runs at tiny sizes and reports well-formed
 tables. Nothing here checks a speed; the benchmark itself measures that."""
 
 from __future__ import annotations
@@ -8,14 +8,15 @@ import itertools
 import pathlib
 import re
 import subprocess
-import sys
 
 import pytest
 
-from castore import bench
-from castore._bench import data
-from castore._bench.proxy import DelayProxy
-from castore._bench.report import NOTES_MARKER, write_markdown
+from benchmarks import data
+from benchmarks import main as bench
+from benchmarks.markdown import NOTES_MARKER, Table, Target, write_markdown
+from benchmarks.proxy import DelayProxy
+from benchmarks.registry import SECTIONS
+from benchmarks.section import Context, Section
 
 VERDICT = re.compile(r"^(MET|MISSED|NOT RUN)\b")
 
@@ -43,7 +44,7 @@ def _check_well_formed(text: str) -> dict[str, list[list[str]]]:
         assert len(rows) >= 2, f"table {title!r} has no rows"
         width = len(rows[0])
         assert all(len(r) == width for r in rows), f"ragged table {title!r}"
-    targets = tables["Targets (issue 8)"]
+    targets = tables["Targets"]
     assert targets[0] == ["target", "measured", "verdict"]
     for row in targets[1:]:
         assert VERDICT.match(row[2]), row
@@ -90,10 +91,10 @@ def test_quick_run_writes_a_well_formed_report(
     for row in read[1:]:
         assert read[0][8].startswith("of it kernel") and kernel.match(row[8]), row
     # Sections that were not asked for are reported as not run, not left out silently.
-    verdicts = {r[0]: r[2] for r in tables["Targets (issue 8)"][1:]}
+    verdicts = {r[0]: r[2] for r in tables["Targets"][1:]}
     assert verdicts["20 ms delay keeps >= 0.5 of throughput"] == "NOT RUN"
     written = out.read_text()
-    assert "python -m castore.bench --quick --only limits,ingest,read,rss,dedup" in written
+    assert "python -m benchmarks --quick --only limits,ingest,read,rss,dedup" in written
     assert NOTES_MARKER in written
     _check_well_formed(written)
     # Nothing left behind in the temporary folder.
@@ -133,26 +134,85 @@ def test_latency_and_peers_sections(
     assert all(float(r[6].replace(",", "")) > 0 for r in peers[1:])  # peak RSS was sampled
 
 
-def test_castore_bench_subcommand_parses() -> None:
+def test_command_line_round_trips() -> None:
+    args = bench.build_parser().parse_args(["--quick", "--only", "limits", "--size", "2M"])
+    assert args.quick and args.only == {"limits"} and args.size == 2 << 20
+    assert bench.command_line(args) == "python -m benchmarks --quick --size 2M --only limits"
+
+
+def test_castore_has_no_bench_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    """The benchmark is not part of the installed package or its command."""
     from castore.cli import build_parser
 
-    parser = build_parser()
-    try:
-        args = parser.parse_args(["bench", "--quick", "--only", "limits", "--size", "2M"])
-    except SystemExit:  # the CLI does not offer `bench` (yet)
-        pytest.skip("castore bench is not wired into the CLI")
-    assert args.quick and args.only == {"limits"} and args.size == 2 << 20
-    assert bench.command_line(args) == "python -m castore.bench --quick --size 2M --only limits"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--quick"])
+    assert "invalid choice: 'bench'" in capsys.readouterr().err
+    assert not (pathlib.Path(__file__).parent.parent / "castore" / "bench.py").exists()
+
+
+def test_only_rejects_an_unknown_section(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--only", "limits,nonsense"])
+    err = capsys.readouterr().err
+    assert "unknown section(s) nonsense" in err
+    assert all(s.name in err for s in SECTIONS)
+
+
+def test_a_registered_section_runs_and_reports(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A section is a class and a line in the registry: it is offered by ``--only``, measured
+    only when chosen, and its table and targets appear in the report."""
+
+    class Probe(Section):
+        name = "probe"
+        help = "a section of this test"
+        default = False
+
+        def __init__(self) -> None:
+            self.seen: int | None = None
+
+        def measure(self, ctx: Context) -> None:
+            self.seen = ctx.size
+
+        def tables(self, ctx: Context) -> list[Table]:
+            if self.seen is None:
+                return []
+            return [Table("8. Probe", ["size"], [[str(self.seen)]])]
+
+        def targets(self, ctx: Context) -> list[Target]:
+            if self.seen is None:
+                return [Target("probe ran")]
+            return [Target.judged("probe ran", str(self.seen), True)]
+
+    monkeypatch.setattr("benchmarks.main.SECTIONS", (*SECTIONS, Probe))
+    assert bench.main(["--quick", "--only", "probe", "--size", "1M", "--tmp", str(tmp_path)]) == 0
+    tables = _check_well_formed(capsys.readouterr().out)
+    assert tables["8. Probe"] == [["size"], [str(1 << 20)]]
+    verdicts = {r[0]: r[1:] for r in tables["Targets"][1:]}
+    assert verdicts["probe ran"] == [str(1 << 20), "MET"]
+    assert verdicts["dedup >= casync's (written/stored)"] == ["", "NOT RUN"]
+    # Not chosen: no table, and its target says so.
+    assert bench.main(["--quick", "--only", "dedup", "--tmp", str(tmp_path)]) == 0
+    tables = _check_well_formed(capsys.readouterr().out)
+    assert "8. Probe" not in tables
+    assert {r[0]: r[2] for r in tables["Targets"][1:]}["probe ran"] == "NOT RUN"
 
 
 def test_module_help_runs() -> None:
+    """``python -m benchmarks`` runs from any folder (the children it starts find it too)."""
+    from benchmarks.child import module_command, module_env
+
     out = subprocess.run(
-        [sys.executable, "-m", "castore.bench", "--help"],
+        module_command("benchmarks", "--help"),
         capture_output=True,
         text=True,
         check=True,
+        cwd="/",
+        env=module_env(),
     )
     assert "--quick" in out.stdout and "--peers" in out.stdout
+    assert all(f"  {s.name} " in out.stdout for s in SECTIONS)
 
 
 @pytest.mark.parametrize(
@@ -236,9 +296,9 @@ async def test_delay_proxy_forwards_and_counts_requests() -> None:
 
 
 def test_allocator_measurement_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    """``python -m castore._bench.allocator`` at a tiny size: one line per run, with
+    """``python -m benchmarks.allocator`` at a tiny size: one line per run, with
     throughput, CPU and page faults for the ingest and the read-back."""
-    from castore._bench import allocator
+    from benchmarks import allocator
 
     allocator.main(["--mib", "4", "--runs", "2", "--kind", "text"])
     lines = capsys.readouterr().out.splitlines()

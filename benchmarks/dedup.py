@@ -1,4 +1,4 @@
-"""Dedup: ten edited versions of one file (:func:`castore._bench.data.versions`) in castore.
+"""Dedup: ten edited versions of one file (:func:`benchmarks.data.versions`) in castore.
 
 Every version is written through the public API into one ``objectstore+file://`` store.
 Stored bytes are the sizes of all objects in the store's folder (compressed chunks and

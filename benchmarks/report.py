@@ -1,4 +1,4 @@
-"""The benchmark's tables, its verdicts on the issue's targets, and the Markdown file.
+"""The tables and targets of the built-in sections, and the figures they share.
 
 Every figure of a table comes from one run of the benchmark; ratios set figures of the
 same run against each other, so that a busy machine moves both sides of a ratio.
@@ -6,38 +6,39 @@ same run against each other, so that a busy machine moves both sides of a ratio.
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
-import os
-import pathlib
-import platform
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from castore._bench.api import CATEGORIES, Run
-from castore._bench.dedup import DedupResult
-from castore._bench.latency import LatencyRun
-from castore._bench.limits import GIB, STORES, Limits
-from castore._bench.peers import PeerRun
-from castore._bench.rss import RssResult
+from benchmarks.api import CATEGORIES, Run
+from benchmarks.dedup import DedupResult
+from benchmarks.latency import LatencyRun
+from benchmarks.limits import STORES, Limits
+from benchmarks.markdown import GIB, MIB, Table, Target
+from benchmarks.peers import PeerRun, Tool
+from benchmarks.rss import RssResult
+
+if TYPE_CHECKING:
+    from benchmarks.section import Context
 
 __all__ = [
-    "NOTES_MARKER",
     "Results",
-    "Table",
-    "build_tables",
-    "environment_lines",
-    "render",
-    "write_markdown",
+    "dedup_table",
+    "dedup_targets",
+    "ingest_table",
+    "ingest_targets",
+    "latency_table",
+    "latency_targets",
+    "limits_table",
+    "peers_table",
+    "peers_targets",
+    "read_table",
+    "read_targets",
+    "rss_table",
+    "rss_targets",
 ]
 
-#: Everything below this line of the output file is hand-written and kept on rewrite.
-NOTES_MARKER = (
-    "<!-- notes: everything below this line is hand-written and kept by the benchmark -->"
-)
 
-MIB = float(1 << 20)
-
-# The issue's targets.
+# What castore aims at; the targets table judges each run against these.
 INGEST_TARGET = 0.9
 READ_TARGET = 0.8
 RSS_TARGET = 200 << 20
@@ -46,23 +47,9 @@ PEER_TARGET = 2.0
 
 
 @dataclass
-class Table:
-    """One titled table, with notes printed below it."""
-
-    title: str
-    columns: list[str]
-    rows: list[list[str]]
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
 class Results:
-    """Everything one run of the benchmark measured (absent parts were not run)."""
+    """What the built-in sections measured (absent parts were not run)."""
 
-    command: str
-    cores: int
-    size: int
-    repeat: int
     limits: dict[str, Limits] = field(default_factory=dict)
     runs: dict[str, list[Run]] = field(default_factory=dict)
     rss: RssResult | None = None
@@ -73,8 +60,7 @@ class Results:
     peers: dict[str, list[PeerRun]] = field(default_factory=dict)
     peer_versions: list[PeerRun] = field(default_factory=list)
     peer_lines: list[str] = field(default_factory=list)
-    peers_requested: bool = False
-    load: list[tuple[float, float, float]] = field(default_factory=list)
+    tools: list[Tool] = field(default_factory=list)
 
 
 def _mib(n: float) -> str:
@@ -96,11 +82,8 @@ def _kernel(seconds: float, faults: int, gib: float) -> str:
     return f"{seconds / gib:.2f} ({faults / gib / 1000:,.0f}k)"
 
 
-def _verdict(ok: bool) -> str:
-    return "MET" if ok else "MISSED"
-
-
-def _limits_table(res: Results) -> Table:
+def limits_table(ctx: Context) -> Table:
+    res = ctx.res
     rows = []
     for name, lim in res.limits.items():
         rows.append(
@@ -111,11 +94,11 @@ def _limits_table(res: Results) -> Table:
                 f"{lim.zstd['memory']:.3f} / {lim.zstd['file']:.3f}",
                 f"{lim.blob_b3:.3f}",
                 f"{lim.put['memory']:.3f} / {lim.put['file']:.3f}",
-                " / ".join(f"{lim.write_limit(res.cores, s):,.0f}" for s in STORES),
+                " / ".join(f"{lim.write_limit(ctx.cores, s):,.0f}" for s in STORES),
                 f"{lim.get['memory']:.3f} / {lim.get['file']:.3f}",
                 f"{lim.unzstd:.3f}",
                 f"{lim.verify_b3:.3f}",
-                " / ".join(f"{lim.read_limit(res.cores, s):,.0f}" for s in STORES),
+                " / ".join(f"{lim.read_limit(ctx.cores, s):,.0f}" for s in STORES),
             ]
         )
     notes = []
@@ -127,8 +110,8 @@ def _limits_table(res: Results) -> Table:
         )
     notes.append(
         "CPU seconds per GiB of input, single-threaded, best of"
-        f" {res.repeat}; put and get into/from an obstore MemoryStore / LocalStore. A limit is"
-        f" {res.cores} cores / the sum of a side's stages with that store's put or get"
+        f" {ctx.repeat}; put and get into/from an obstore MemoryStore / LocalStore. A limit is"
+        f" {ctx.cores} cores / the sum of a side's stages with that store's put or get"
         " (BLAKE3 blob counts on both sides): perfect overlap, no overhead."
     )
     return Table(
@@ -151,7 +134,8 @@ def _limits_table(res: Results) -> Table:
     )
 
 
-def _ingest_table(res: Results) -> Table:
+def ingest_table(ctx: Context) -> Table:
+    res = ctx.res
     rows = []
     for name, runs in res.runs.items():
         lim = res.limits[name]
@@ -162,8 +146,8 @@ def _ingest_table(res: Results) -> Table:
                     name,
                     run.store,
                     f"{run.ingest_mibps:,.0f}",
-                    f"{lim.write_limit(res.cores, run.store):,.0f}",
-                    _x(run.ingest_mibps / lim.write_limit(res.cores, run.store)),
+                    f"{lim.write_limit(ctx.cores, run.store):,.0f}",
+                    _x(run.ingest_mibps / lim.write_limit(ctx.cores, run.store)),
                     f"{run.ingest_cpu / run.ingest_s:.2f}",
                     f"{run.ingest_cpu / gib:.2f}",
                     _x(run.ingest_cpu / gib / lim.write_cpu(run.store)),
@@ -187,11 +171,11 @@ def _ingest_table(res: Results) -> Table:
         ],
         rows,
         [
-            f"Best of {res.repeat}, a fresh store each run; ratio = MiB/s / the write limit"
+            f"Best of {ctx.repeat}, a fresh store each run; ratio = MiB/s / the write limit"
             f" with that store's put (target >= {INGEST_TARGET}x). CPU vs limit = the"
             " process's CPU per GiB over the sum of the stages: above 1x is castore's"
             " overhead (copies, page faults, Python, the loop). Cores busy = CPU seconds per"
-            f" wall second; below {res.cores} means castore waited, or other processes had the"
+            f" wall second; below {ctx.cores} means castore waited, or other processes had the"
             f" cores. {KERNEL_NOTE} The last column splits that"
             " CPU by thread (from /proc/self/task/*/schedstat); 'other native' is"
             " obstore's runtime and any thread not started from Python.",
@@ -199,7 +183,8 @@ def _ingest_table(res: Results) -> Table:
     )
 
 
-def _read_table(res: Results) -> Table:
+def read_table(ctx: Context) -> Table:
+    res = ctx.res
     rows = []
     for name, runs in res.runs.items():
         lim = res.limits[name]
@@ -210,8 +195,8 @@ def _read_table(res: Results) -> Table:
                     name,
                     run.store,
                     f"{run.read_mibps:,.0f}",
-                    f"{lim.read_limit(res.cores, run.store):,.0f}",
-                    _x(run.read_mibps / lim.read_limit(res.cores, run.store)),
+                    f"{lim.read_limit(ctx.cores, run.store):,.0f}",
+                    _x(run.read_mibps / lim.read_limit(ctx.cores, run.store)),
                     f"{run.read_cpu / run.read_s:.2f}",
                     f"{run.read_cpu / gib:.2f}",
                     _x(run.read_cpu / gib / lim.read_cpu(run.store)),
@@ -235,7 +220,7 @@ def _read_table(res: Results) -> Table:
         ],
         rows,
         [
-            f"Best of {res.repeat}. The limit is get (from that store) + zstd decompress +"
+            f"Best of {ctx.repeat}. The limit is get (from that store) + zstd decompress +"
             " BLAKE3 of each chunk + BLAKE3 of the whole blob, which a reader checks when it"
             f" reads a whole blob in order (target >= {READ_TARGET}x). Not in the limit: the"
             f" copy that joins chunks into each 4 MiB read. {KERNEL_NOTE}",
@@ -243,7 +228,8 @@ def _read_table(res: Results) -> Table:
     )
 
 
-def _rss_table(res: Results) -> Table:
+def rss_table(ctx: Context) -> Table:
+    res = ctx.res
     if res.rss is None:
         return Table("4. Peak memory", ["result"], [[res.rss_skipped or "not run"]])
     r = res.rss
@@ -261,7 +247,8 @@ def _rss_table(res: Results) -> Table:
     return Table("4. Peak memory (RSS, MiB)", ["phase", "peak RSS MiB", "speed"], rows, notes)
 
 
-def _latency_table(res: Results) -> Table:
+def latency_table(ctx: Context) -> Table:
+    res = ctx.res
     if not res.latency:
         return Table("5. Latency hiding (SeaweedFS S3)", ["result"], [[res.latency_skipped]])
     rows = [
@@ -275,13 +262,14 @@ def _latency_table(res: Results) -> Table:
         rows,
         [
             f"{size / MIB:,.0f} MiB of random data per run into a fresh prefix, best of"
-            f" {res.repeat}. The delay is added by a TCP proxy in its own process: the first"
+            f" {ctx.repeat}. The delay is added by a TCP proxy in its own process: the first"
             " bytes of each request wait 20 ms. SeaweedFS runs on the same 2 cores.",
         ],
     )
 
 
-def _dedup_table(res: Results) -> Table:
+def dedup_table(ctx: Context) -> Table:
+    res = ctx.res
     rows = []
     d = res.dedup
     if d is not None:
@@ -323,7 +311,8 @@ def _dedup_table(res: Results) -> Table:
     )
 
 
-def _peers_table(res: Results) -> Table:
+def peers_table(ctx: Context) -> Table:
+    res = ctx.res
     rows = []
     for name, runs in res.peers.items():
         for p in runs:
@@ -341,7 +330,7 @@ def _peers_table(res: Results) -> Table:
                 ]
             )
     if not rows:
-        why = "not run (add --peers)" if not res.peers_requested else "no peer ran"
+        why = "not run (add --peers)" if "peers" not in ctx.selected else "no peer ran"
         rows.append([why, "", "", "", "", "", "", "", ""])
     return Table(
         "7. Peers on the same data (one file, fresh local repository)",
@@ -361,191 +350,84 @@ def _peers_table(res: Results) -> Table:
     )
 
 
-def _targets(res: Results) -> Table:
-    rows: list[list[str]] = []
+def ingest_targets(ctx: Context) -> list[Target]:
+    """Ingest at least :data:`INGEST_TARGET` of the write limit, per data set and store."""
+    res = ctx.res
     if not res.runs:
-        rows.append([f"ingest >= {INGEST_TARGET}x limit", "", "NOT RUN"])
-        rows.append([f"read >= {READ_TARGET}x limit", "", "NOT RUN"])
+        return [Target(f"ingest >= {INGEST_TARGET}x limit")]
+    rows = []
     for name, runs in res.runs.items():
         lim = res.limits[name]
         for run in runs:
-            r = run.ingest_mibps / lim.write_limit(res.cores, run.store)
-            rows.append(
-                [
-                    f"ingest >= {INGEST_TARGET}x limit, {name}, {run.store}",
-                    _x(r),
-                    _verdict(r >= INGEST_TARGET),
-                ]
-            )
+            r = run.ingest_mibps / lim.write_limit(ctx.cores, run.store)
+            label = f"ingest >= {INGEST_TARGET}x limit, {name}, {run.store}"
+            rows.append(Target.judged(label, _x(r), r >= INGEST_TARGET))
+    return rows
+
+
+def read_targets(ctx: Context) -> list[Target]:
+    """Read at least :data:`READ_TARGET` of the read limit, per data set and store."""
+    res = ctx.res
+    if not res.runs:
+        return [Target(f"read >= {READ_TARGET}x limit")]
+    rows = []
     for name, runs in res.runs.items():
         lim = res.limits[name]
         for run in runs:
-            r = run.read_mibps / lim.read_limit(res.cores, run.store)
-            rows.append(
-                [
-                    f"read >= {READ_TARGET}x limit, {name}, {run.store}",
-                    _x(r),
-                    _verdict(r >= READ_TARGET),
-                ]
-            )
-    if res.rss is not None:
-        peak = max(res.rss.ingest_peak, res.rss.read_peak)
-        label = f"peak RSS < 200 MiB, {res.rss.size / GIB:.2f} GiB blob in and out"
-        verdict = _verdict(peak < RSS_TARGET)
-        if res.rss.size < 2 << 30:
-            verdict += " (below 2 GiB: not the target's size)"
-        rows.append([label, f"{_mib(peak)} MiB", verdict])
-    else:
-        rows.append(["peak RSS < 200 MiB, 2 GiB blob", "", "NOT RUN"])
-    by_name = {r.name: r for r in res.latency}
-    delayed = next((r for r in res.latency if r.delay > 0), None)
-    base = by_name.get("proxy 0 ms")
-    if delayed is not None and base is not None:
-        r = delayed.mibps / base.mibps
-        rows.append(
-            [
-                f"20 ms delay keeps >= {LATENCY_TARGET} of throughput",
-                _x(r),
-                _verdict(r >= LATENCY_TARGET),
-            ]
-        )
-    else:
-        rows.append([f"20 ms delay keeps >= {LATENCY_TARGET} of throughput", "", "NOT RUN"])
+            r = run.read_mibps / lim.read_limit(ctx.cores, run.store)
+            label = f"read >= {READ_TARGET}x limit, {name}, {run.store}"
+            rows.append(Target.judged(label, _x(r), r >= READ_TARGET))
+    return rows
+
+
+def rss_targets(ctx: Context) -> list[Target]:
+    """Peak RSS under :data:`RSS_TARGET` for a 2 GiB blob in and out."""
+    rss = ctx.res.rss
+    if rss is None:
+        return [Target("peak RSS < 200 MiB, 2 GiB blob")]
+    peak = max(rss.ingest_peak, rss.read_peak)
+    label = f"peak RSS < 200 MiB, {rss.size / GIB:.2f} GiB blob in and out"
+    verdict = "MET" if peak < RSS_TARGET else "MISSED"
+    if rss.size < 2 << 30:
+        verdict += " (below 2 GiB: not the target's size)"
+    return [Target(label, f"{_mib(peak)} MiB", verdict)]
+
+
+def latency_targets(ctx: Context) -> list[Target]:
+    """A 20 ms delay keeps at least :data:`LATENCY_TARGET` of the throughput."""
+    label = f"20 ms delay keeps >= {LATENCY_TARGET} of throughput"
+    latency = ctx.res.latency
+    delayed = next((r for r in latency if r.delay > 0), None)
+    base = next((r for r in latency if r.name == "proxy 0 ms"), None)
+    if delayed is None or base is None:
+        return [Target(label)]
+    r = delayed.mibps / base.mibps
+    return [Target.judged(label, _x(r), r >= LATENCY_TARGET)]
+
+
+def peers_targets(ctx: Context) -> list[Target]:
+    """castore at least :data:`PEER_TARGET` times the fastest peer, per data set."""
+    rows = []
     for name in ("random", "text"):
-        peer_runs = res.peers.get(name, [])
+        peer_runs = ctx.res.peers.get(name, [])
         ours = next((p for p in peer_runs if p.tool == "castore"), None)
         others = [p for p in peer_runs if p.tool != "castore"]
         label = f">= {PEER_TARGET:.0f}x the fastest peer, {name}"
         if ours is None or not others:
-            rows.append([label, "", "NOT RUN"])
+            rows.append(Target(label))
             continue
         fastest = max(others, key=lambda p: p.mibps)
         r = ours.mibps / fastest.mibps
-        rows.append([label + f" ({fastest.tool})", _x(r), _verdict(r >= PEER_TARGET)])
-    casync = next((p for p in res.peer_versions if p.tool == "casync"), None)
-    if res.dedup is not None and casync is not None:
-        rows.append(
-            [
-                "dedup >= casync's (written/stored)",
-                f"{_x(res.dedup.ratio)} vs {_x(casync.ratio)}",
-                _verdict(res.dedup.ratio >= casync.ratio),
-            ]
-        )
-    else:
-        rows.append(["dedup >= casync's (written/stored)", "", "NOT RUN"])
-    return Table("Targets (issue 8)", ["target", "measured", "verdict"], rows)
+        rows.append(Target.judged(label + f" ({fastest.tool})", _x(r), r >= PEER_TARGET))
+    return rows
 
 
-def build_tables(res: Results) -> list[Table]:
-    """All tables of the parts that ran, the targets last."""
-    tables = []
-    if res.limits:
-        tables.append(_limits_table(res))
-    if res.runs:
-        tables.append(_ingest_table(res))
-        tables.append(_read_table(res))
-    if res.rss is not None or res.rss_skipped:
-        tables.append(_rss_table(res))
-    if res.latency or res.latency_skipped:
-        tables.append(_latency_table(res))
-    if res.dedup is not None or res.peer_versions:
-        tables.append(_dedup_table(res))
-    if res.peers or res.peers_requested:
-        tables.append(_peers_table(res))
-    tables.append(_targets(res))
-    return tables
-
-
-def _render_table(t: Table) -> str:
-    widths = [len(c) for c in t.columns]
-    for row in t.rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    out = [f"### {t.title}", "", line(t.columns)]
-    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    out.extend(line(r) for r in t.rows)
-    if t.notes:
-        out.append("")
-        out.extend(t.notes)
-    return "\n".join(out)
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def environment_lines(res: Results, tool_versions: list[str]) -> list[str]:
-    """Where and how the figures were taken."""
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-    libs = ", ".join(
-        f"{d} {_version(d)}"
-        for d in ("castore", "blake3", "zstandard", "pyfastcdc", "obstore", "anyio")
-    )
-    lines = [
-        f"- Command: `{res.command}`",
-        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {_cpu_model()}, {res.cores} cores usable, {mem / GIB:.0f} GiB RAM,"
-        f" {platform.system()} {platform.release()}",
-        f"- Python {platform.python_version()}; {libs}",
-        f"- Data set size {res.size / MIB:,.0f} MiB; best of {res.repeat} runs where repeated",
-    ]
-    if tool_versions:
-        lines.append("- Peers: " + "; ".join(tool_versions))
-    if res.load:
-        first, last = res.load[0], res.load[-1]
-        lines.append(
-            f"- Load average (1/5/15 min) at start {first[0]:.2f}/{first[1]:.2f}/{first[2]:.2f},"
-            f" at end {last[0]:.2f}/{last[1]:.2f}/{last[2]:.2f}: other work on the machine"
-            " slows wall-clock figures, which is why targets are same-run ratios."
-        )
-    return lines
-
-
-def render(res: Results, tool_versions: list[str]) -> str:
-    """The whole generated report (environment, tables, targets) as Markdown."""
-    parts = ["\n".join(environment_lines(res, tool_versions))]
-    parts.extend(_render_table(t) for t in build_tables(res))
-    return "\n\n".join(parts) + "\n"
-
-
-_DEFAULT_NOTES = """
-
-## Notes
-
-(Hand-written: what the figures mean and what limits them. The benchmark keeps this part.)
-"""
-
-
-def write_markdown(path: pathlib.Path, body: str) -> None:
-    """Write ``body`` under a title to ``path``, keeping the notes below :data:`NOTES_MARKER`."""
-    notes = _DEFAULT_NOTES
-    if path.exists():
-        old = path.read_text()
-        if NOTES_MARKER in old:
-            notes = old.split(NOTES_MARKER, 1)[1]
-    head = (
-        "# Benchmarks\n\n"
-        "Generated by `python -m castore.bench` (also `nox -s bench` and `castore bench`);"
-        " the command that produced this page is the first line below. Rerun it to refresh"
-        " everything above the notes.\n\n"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(head + body + "\n" + NOTES_MARKER + notes)
+def dedup_targets(ctx: Context) -> list[Target]:
+    """castore's dedup at least casync's (needs the peers section too)."""
+    label = "dedup >= casync's (written/stored)"
+    dedup = ctx.res.dedup
+    casync = next((p for p in ctx.res.peer_versions if p.tool == "casync"), None)
+    if dedup is None or casync is None:
+        return [Target(label)]
+    measured = f"{_x(dedup.ratio)} vs {_x(casync.ratio)}"
+    return [Target.judged(label, measured, dedup.ratio >= casync.ratio)]

@@ -1,7 +1,7 @@
 """Peak memory (RSS) of ingesting and reading back one large blob, in a child process.
 
-The child (``python -m castore._bench.rss SIZE FOLDER_URI``) imports castore, then writes
-``SIZE`` bytes from :func:`castore._bench.data.unique_pieces` (generated on the fly, one
+The child (``python -m benchmarks.rss SIZE FOLDER_URI``) imports castore, then writes
+``SIZE`` bytes from :func:`benchmarks.data.unique_pieces` (generated on the fly, one
 4 MiB piece at a time) into ``objectstore+file://FOLDER`` through the public API, and
 reads the blob back in 4 MiB reads, dropping each. A local-disk store, because a memory
 store would itself hold the whole blob.
@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+
+from benchmarks.child import module_command, module_env
 
 __all__ = ["RssResult", "measure_rss"]
 
@@ -60,7 +62,7 @@ def _reset_peak() -> bool:
 
 async def _child(size: int, folder_uri: str) -> dict[str, object]:
     import castore
-    from castore._bench.data import PIECE, unique_pieces
+    from benchmarks.data import PIECE, unique_pieces
 
     svc = castore.from_addr("objectstore+" + folder_uri)
     baseline = _status_kib("VmRSS")
@@ -99,14 +101,9 @@ def measure_rss(size: int, folder: str) -> RssResult:
     """Run the child on ``size`` bytes with its store in ``folder``; its peaks."""
     os.sync()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "castore._bench.rss",
-            str(size),
-            pathlib.Path(folder).resolve().as_uri(),
-        ],
+        module_command("benchmarks.rss", str(size), pathlib.Path(folder).resolve().as_uri()),
         stdout=subprocess.PIPE,
+        env=module_env(),
     )
     assert proc.stdout is not None
     out = proc.stdout.read()

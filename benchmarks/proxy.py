@@ -12,7 +12,7 @@ next request on a connection only once the previous response has arrived, so eve
 request pays the delay once, as if one way of the path were ``delay`` long. Responses
 pass at once.
 
-Run as a program (``python -m castore._bench.proxy UPSTREAM_PORT DELAY_SECONDS``) it
+Run as a program (``python -m benchmarks.proxy UPSTREAM_PORT DELAY_SECONDS``) it
 prints ``listening <port>`` and runs until its standard input closes, then prints
 ``requests <n>`` (the requests it delayed) and exits. A separate process, so that its
 own CPU does not take the GIL from the castore process it measures.
@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+
+from benchmarks.child import module_command, module_env
 
 __all__ = ["DelayProxy", "ProxyProcess"]
 
@@ -124,16 +126,11 @@ class ProxyProcess:
 
     def __enter__(self) -> ProxyProcess:
         self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "castore._bench.proxy",
-                str(self.upstream_port),
-                str(self.delay),
-            ],
+            module_command("benchmarks.proxy", str(self.upstream_port), str(self.delay)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=module_env(),
         )
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline().split()

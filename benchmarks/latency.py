@@ -5,7 +5,7 @@ see :mod:`castore.testing.seaweedfs`) runs on 127.0.0.1 with its data in a tempo
 folder. castore talks to it through ``objectstore+s3://`` URLs, three ways:
 
 - ``direct``: straight to SeaweedFS;
-- ``proxy 0 ms``: through :mod:`castore._bench.proxy` with no delay (the proxy's own cost);
+- ``proxy 0 ms``: through :mod:`benchmarks.proxy` with no delay (the proxy's own cost);
 - ``proxy 20 ms``: through the proxy with each request delayed by 20 ms.
 
 The target compares the delayed run with the undelayed one through the same proxy, so
@@ -83,7 +83,7 @@ def measure_latency(
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> list[LatencyRun]:
     """Start SeaweedFS under ``root`` and time the three configurations."""
-    from castore._bench.proxy import ProxyProcess
+    from benchmarks.proxy import ProxyProcess
     from castore.testing.seaweedfs import SeaweedFS
 
     runs: list[LatencyRun] = []

@@ -133,7 +133,7 @@ class StoreKind:
 
         Before a local-disk store, dirty pages of earlier writes are flushed: the kernel's
         writeback of a backlog makes file writes several times dearer and varies a lot.
-        Earlier stores are kept until :meth:`cleanup` (see :mod:`castore._bench.limits`
+        Earlier stores are kept until :meth:`cleanup` (see :mod:`benchmarks.limits`
         on why deleting files between measurements makes the next ones dearer).
         """
         if self.name == "memory":

@@ -1,10 +1,10 @@
 """Page faults and kernel time of repeated ingests into memory, one process.
 
-Run ``python -m castore._bench.allocator [--kind random|text] [--mib 512] [--runs 4]``,
+Run ``python -m benchmarks.allocator [--kind random|text] [--mib 512] [--runs 4]``,
 once as is and once with the allocator settings of ``docs/cli.md`` in the environment::
 
     MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=1073741824 \\
-        MALLOC_TOP_PAD_=67108864 python -m castore._bench.allocator
+        MALLOC_TOP_PAD_=67108864 python -m benchmarks.allocator
 
 Each run writes the data set into a fresh ``objectstore+memory:///`` through the public
 API, then reads it back with 4 MiB reads, and prints MiB/s, user and system CPU seconds
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 from obstore.store import MemoryStore
 
-from castore._bench.api import ingest_blob, read_blob
-from castore._bench.data import random_data, split, text_data
+from benchmarks.api import ingest_blob, read_blob
+from benchmarks.data import random_data, split, text_data
 from castore.objectstore import ObjectStoreBlobService
 
 _READ = 4 << 20
@@ -54,7 +54,7 @@ async def _once(pieces: Sequence[bytes], mib: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m castore._bench.allocator")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.allocator")
     parser.add_argument("--kind", choices=("random", "text"), default="random")
     parser.add_argument("--mib", type=int, default=512)
     parser.add_argument("--runs", type=int, default=4)

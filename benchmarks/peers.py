@@ -279,7 +279,7 @@ def _fresh_repo(
     env = tool.env(work)
     for cmd in tool.init(repo):
         _run(cmd, env, work, log)
-    os.sync()  # no writeback backlog from earlier runs (see castore._bench.api.StoreKind)
+    os.sync()  # no writeback backlog from earlier runs (see benchmarks.api.StoreKind)
     return repo, env
 
 

@@ -1,5 +1,14 @@
-"""The parts of ``python -m castore.bench`` (see :mod:`castore.bench`).
+"""castore's benchmark, run from a clone of the repository: ``python -m benchmarks`` or
+``nox -s bench``. It is not part of the installed package.
 
+- ``main``: the command line and the run.
+- ``section``: what a section is (:class:`~benchmarks.section.Section`) and what it is
+  given (:class:`~benchmarks.section.Context`).
+- ``registry``: the sections, in order. A new section is a module with a ``Section``
+  subclass and one line there.
+- ``builtin``: the built-in sections, over the parts below.
+- ``markdown``: tables, targets, the environment lines and the Markdown file.
+- ``report``: the built-in sections' tables and targets.
 - ``data``: the data sets (random bytes, text-like Python sources, edited versions) and a
   cheap generator of unique incompressible pieces.
 - ``limits``: the per-stage CPU limit (write and read side) on a data set.
@@ -9,9 +18,7 @@
 - ``latency``: ingest into SeaweedFS with and without that delay.
 - ``dedup``: ten edited versions of one file through castore.
 - ``peers``: restic, borgbackup and casync on the same data, and castore's CLI beside them.
-- ``report``: tables, targets and the Markdown file.
 - ``allocator``: page faults and kernel time of repeated ingests into memory, a separate
-  measurement (``python -m castore._bench.allocator``) behind the benchmark's notes.
-
-Nothing here is imported by castore itself; it is not public API.
+  measurement (``python -m benchmarks.allocator``) behind the benchmark's notes.
+- ``child``: how the parts start their child processes.
 """

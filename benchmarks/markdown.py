@@ -1,0 +1,161 @@
+"""The report's form: titled tables, the environment lines, and the Markdown file.
+
+Sections return :class:`Table` objects; this module knows nothing about what they measure.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import pathlib
+import platform
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.section import Context
+
+__all__ = [
+    "NOTES_MARKER",
+    "Table",
+    "Target",
+    "environment_lines",
+    "render",
+    "targets_table",
+    "write_markdown",
+]
+
+#: Everything below this line of the output file is hand-written and kept on rewrite.
+NOTES_MARKER = (
+    "<!-- notes: everything below this line is hand-written and kept by the benchmark -->"
+)
+
+GIB = float(1 << 30)
+MIB = float(1 << 20)
+
+
+@dataclass
+class Table:
+    """One titled table, with notes printed below it."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row of the targets table: what is aimed at, what was measured, the verdict."""
+
+    label: str
+    measured: str = ""
+    verdict: str = "NOT RUN"
+
+    @classmethod
+    def judged(cls, label: str, measured: str, ok: bool) -> Target:
+        """A target that ran: ``MET`` when ``ok``, else ``MISSED``."""
+        return cls(label, measured, "MET" if ok else "MISSED")
+
+
+def targets_table(targets: list[Target]) -> Table:
+    """The table of every section's targets, the last of the report."""
+    rows = [[t.label, t.measured, t.verdict] for t in targets]
+    return Table("Targets", ["target", "measured", "verdict"], rows)
+
+
+def render_table(t: Table) -> str:
+    """``t`` as a Markdown table under a ``###`` title, its notes below."""
+    widths = [len(c) for c in t.columns]
+    for row in t.rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    out = [f"### {t.title}", "", line(t.columns)]
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    out.extend(line(r) for r in t.rows)
+    if t.notes:
+        out.append("")
+        out.extend(t.notes)
+    return "\n".join(out)
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def environment_lines(ctx: Context) -> list[str]:
+    """Where and how the figures were taken."""
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    libs = ", ".join(
+        f"{d} {_version(d)}"
+        for d in ("castore", "blake3", "zstandard", "pyfastcdc", "obstore", "anyio")
+    )
+    lines = [
+        f"- Command: `{ctx.command}`",
+        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {_cpu_model()}, {ctx.cores} cores usable, {mem / GIB:.0f} GiB RAM,"
+        f" {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}; {libs}",
+        f"- Data set size {ctx.size / MIB:,.0f} MiB; best of {ctx.repeat} runs where repeated",
+    ]
+    if ctx.tool_versions:
+        lines.append("- Peers: " + "; ".join(ctx.tool_versions))
+    if ctx.load:
+        first, last = ctx.load[0], ctx.load[-1]
+        lines.append(
+            f"- Load average (1/5/15 min) at start {first[0]:.2f}/{first[1]:.2f}/{first[2]:.2f},"
+            f" at end {last[0]:.2f}/{last[1]:.2f}/{last[2]:.2f}: other work on the machine"
+            " slows wall-clock figures, which is why targets are same-run ratios."
+        )
+    return lines
+
+
+def render(ctx: Context, tables: list[Table]) -> str:
+    """The whole generated report (environment, then ``tables``) as Markdown."""
+    parts = ["\n".join(environment_lines(ctx))]
+    parts.extend(render_table(t) for t in tables)
+    return "\n\n".join(parts) + "\n"
+
+
+_DEFAULT_NOTES = """
+
+## Notes
+
+(Hand-written: what the figures mean and what limits them. The benchmark keeps this part.)
+"""
+
+
+def write_markdown(path: pathlib.Path, body: str) -> None:
+    """Write ``body`` under a title to ``path``, keeping the notes below :data:`NOTES_MARKER`."""
+    notes = _DEFAULT_NOTES
+    if path.exists():
+        old = path.read_text()
+        if NOTES_MARKER in old:
+            notes = old.split(NOTES_MARKER, 1)[1]
+    head = (
+        "# Benchmarks\n\n"
+        "Generated by `python -m benchmarks` (also `nox -s bench`) from a clone of the"
+        " repository; the command that produced this page is the first line below. Rerun it"
+        " to refresh everything above the notes.\n\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + body + "\n" + NOTES_MARKER + notes)
