@@ -11,6 +11,8 @@ exception fits, the castore error inherits it too, so ``except FileNotFoundError
     ├── InvalidSeekError              (ValueError)  negative or past-the-end seek target
     ├── WriterClosedError             (ValueError)  write() after close() or abort()
     ├── WriteAbortedError                           close() on a writer that was aborted
+    ├── UnsupportedOperationError     (NotImplementedError)
+    │                                               the backend or protocol cannot do it
     ├── BlobNotFoundError             (FileNotFoundError)
     │                                               a blob or chunk vanished mid-read
     ├── DataCorruptionError                         stored bytes are not what they claim
@@ -46,6 +48,7 @@ __all__ = [
     "StorePermissionError",
     "StoreTimeoutError",
     "StoreUnavailableError",
+    "UnsupportedOperationError",
     "WriteAbortedError",
     "WriterClosedError",
     "translate_store_error",
@@ -87,6 +90,11 @@ class WriterClosedError(CastoreError, ValueError):
 
 class WriteAbortedError(CastoreError):
     """``close`` was called on a writer that was aborted; nothing was stored."""
+
+
+class UnsupportedOperationError(CastoreError, NotImplementedError):
+    """The service or store cannot do this at all (for example, ``delete`` through the
+    tvix gRPC protocol, which has no such call). Retrying will not help."""
 
 
 class BlobNotFoundError(CastoreError, FileNotFoundError):

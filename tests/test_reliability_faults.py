@@ -102,7 +102,7 @@ async def _write(svc: ObjectStoreBlobService, data: bytes, piece: int = 50_000) 
 def test_faulty_store_plans_are_checked() -> None:
     faulty = FaultyStore(MemoryStore())
     with pytest.raises(ValueError, match="unknown operation"):
-        faulty.plan("list", Fault.ERROR, nth=1)
+        faulty.plan("rename", Fault.ERROR, nth=1)
     with pytest.raises(ValueError, match="nth"):
         faulty.plan("get", Fault.ERROR)
     with pytest.raises(ValueError, match="plan it on 'get'"):
@@ -141,7 +141,15 @@ def test_faulty_store_sync_faults() -> None:
     with pytest.raises(InjectedStoreError):
         faulty.put_new("chunks/b", b"b")
     assert bytes(obstore.get(store, "chunks/b").bytes()) == b"b"
-    assert faulty.injected == {"get": 3, "exists": 1, "put": 1, "any": 5}
+    assert faulty.injected == {
+        "get": 3,
+        "exists": 1,
+        "put": 1,
+        "list": 0,
+        "head": 0,
+        "delete": 0,
+        "any": 5,
+    }
     assert faulty.calls["any"] == faulty.total_calls == len(faulty.keys) == 10
 
 

@@ -13,7 +13,7 @@ Importing this package registers the ``objectstore+…`` schemes.
 
 from __future__ import annotations
 
-from castore.objectstore._adapter import ObstoreAdapter, StoreAdapter
+from castore.objectstore._adapter import ObjectInfo, ObstoreAdapter, StoreAdapter
 from castore.objectstore._chunker import DEFAULT_AVG_CHUNK_SIZE, StreamingChunker
 from castore.objectstore._service import ObjectStoreBlobService
 from castore.objectstore._url import SCHEMES, service_from_url
@@ -22,6 +22,7 @@ from castore.registry import register_scheme
 
 __all__ = [
     "DEFAULT_AVG_CHUNK_SIZE",
+    "ObjectInfo",
     "ObjectStoreBlobService",
     "ObstoreAdapter",
     "PipelineConfig",

@@ -8,22 +8,60 @@ exception, and a conditional create reports whether it wrote.
 
 Errors other than absence propagate unchanged; the service translates them with
 :func:`castore.errors.translate_store_error`.
+
+Listing, metadata and deletion (:meth:`StoreAdapter.list`, :meth:`~StoreAdapter.head`,
+:meth:`~StoreAdapter.delete_async`) serve the lifecycle operations (delete, listing,
+check, garbage collection). They have defaults that raise
+:class:`~castore.errors.UnsupportedOperationError`, so an adapter written only for reads
+and writes keeps working.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import obstore
 from obstore.exceptions import AlreadyExistsError, NotSupportedError
 from obstore.store import LocalStore, MemoryStore
 
+from castore.errors import UnsupportedOperationError
+
 if TYPE_CHECKING:
+    from obstore import ObjectMeta
     from obstore.store import ObjectStore
     from typing_extensions import Buffer
 
-__all__ = ["ObstoreAdapter", "StoreAdapter"]
+__all__ = ["ObjectInfo", "ObstoreAdapter", "StoreAdapter"]
+
+# Objects per page of a listing: S3 answers 1000 keys per LIST request.
+_LIST_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a store says about one object (a listing entry or a HEAD).
+
+    ``last_modified`` is the store's timestamp (timezone-aware; S3 keeps whole seconds).
+    ``e_tag`` and ``version`` are the store's opaque identifiers, ``None`` where it has
+    none.
+    """
+
+    key: str
+    size: int
+    last_modified: datetime
+    e_tag: str | None = None
+    version: str | None = None
+
+
+def _info(meta: ObjectMeta) -> ObjectInfo:
+    return ObjectInfo(
+        meta["path"], meta["size"], meta["last_modified"], meta["e_tag"], meta["version"]
+    )
 
 
 class StoreAdapter(abc.ABC):
@@ -75,6 +113,38 @@ class StoreAdapter(abc.ABC):
     @abc.abstractmethod
     async def put_async(self, key: str, data: Buffer) -> None:
         """Store ``data``, replacing any existing object."""
+
+    # --- lifecycle: listing, metadata, deletion ---------------------------------------
+
+    def _unsupported(self, what: str) -> UnsupportedOperationError:
+        return UnsupportedOperationError(f"{type(self).__name__} does not support {what}")
+
+    async def list(
+        self, prefix: str, *, start_after: str | None = None
+    ) -> AsyncIterator[Sequence[ObjectInfo]]:
+        """The objects whose keys start with the path ``prefix``, in pages.
+
+        ``prefix`` matches whole path segments (``blobs/b3`` covers ``blobs/b3/…`` and
+        not ``blobs/b3x``). ``start_after`` skips every key up to and including it, so
+        that a listing can be split into key ranges. Pages hold up to 1000 objects; the
+        order of keys is the store's (sorted on S3 and in memory, not on local disk). A
+        listing is no proof that an object is absent: confirm with :meth:`head` (a store
+        recovering from a crash was seen to leave objects out of its listings).
+        """
+        raise self._unsupported("listing")
+        yield  # pragma: no cover - makes this an async generator
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """The object's metadata, or ``None`` if there is no such object."""
+        raise self._unsupported("HEAD")
+
+    async def head_async(self, key: str) -> ObjectInfo | None:
+        """:meth:`head` without blocking the event loop."""
+        raise self._unsupported("HEAD")
+
+    async def delete_async(self, keys: Sequence[str]) -> None:
+        """Delete the objects, in batches where the store has them; absent keys are fine."""
+        raise self._unsupported("deletion")
 
 
 class ObstoreAdapter(StoreAdapter):
@@ -148,3 +218,34 @@ class ObstoreAdapter(StoreAdapter):
 
     async def put_async(self, key: str, data: Buffer) -> None:
         await obstore.put_async(self.store, key, data, use_multipart=False)
+
+    async def list(
+        self, prefix: str, *, start_after: str | None = None
+    ) -> AsyncIterator[Sequence[ObjectInfo]]:
+        stream = obstore.list(self.store, prefix, offset=start_after, chunk_size=_LIST_PAGE)
+        async for page in stream:
+            yield [_info(meta) for meta in page]
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            return _info(obstore.head(self.store, key))
+        except FileNotFoundError:
+            return None
+
+    async def head_async(self, key: str) -> ObjectInfo | None:
+        try:
+            return _info(await obstore.head_async(self.store, key))
+        except FileNotFoundError:
+            return None
+
+    async def delete_async(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        try:
+            await obstore.delete_async(self.store, list(keys))
+        except FileNotFoundError:
+            # Local disk (and GCS, Azure) refuse to delete a missing key, and a batch
+            # stops there: delete the rest one by one.
+            for key in keys:
+                with contextlib.suppress(FileNotFoundError):
+                    await obstore.delete_async(self.store, key)

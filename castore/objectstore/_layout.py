@@ -21,6 +21,30 @@ class Layout:
         self._blobs = lead + "blobs/b3/"
         self._chunks = lead + "chunks/b3/"
 
+    @property
+    def blobs(self) -> str:
+        """The folder of every blob index, as a listing prefix (ends with ``/``)."""
+        return self._blobs
+
+    @property
+    def chunks(self) -> str:
+        """The folder of every chunk, as a listing prefix (ends with ``/``)."""
+        return self._chunks
+
+    @staticmethod
+    def digest_of(key: str) -> bytes | None:
+        """The digest a blob or chunk key names, or ``None`` for a key of another shape
+        (a stray object, a temporary file, a shard folder that does not match)."""
+        shard, _, name = key.rpartition("/")
+        if len(name) != 64 or not shard.endswith(name[:4]):
+            return None
+        try:
+            raw = bytes.fromhex(name)
+        except ValueError:
+            return None
+        # Keys are lowercase hex; anything else was not written by a castore or tvix node.
+        return raw if raw.hex() == name and shard[-5:-4] in ("/", "") else None
+
     def blob(self, digest: bytes) -> str:
         """The key of the blob index for ``digest`` (32 raw bytes)."""
         h = digest.hex()

@@ -21,8 +21,8 @@ layers above never store a partial blob and never pass on wrong bytes::
 :class:`FaultyBlobService` operations: ``has``, ``open_read``, ``read`` (each
 ``BlobReader.read``), ``open_write``, ``write`` (each ``BlobWriter.write``), ``close``,
 ``chunks``. :class:`FaultyStore` operations: ``get``, ``exists`` (a HEAD), ``put``
-(conditional creates and plain puts), and ``any`` (every call); the service never lists
-a store, so there is no ``list``.
+(conditional creates and plain puts), ``list`` (once per listing, before its first
+page), ``head``, ``delete`` (once per batch), and ``any`` (every call).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import io
 import random
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,7 @@ from obstore.exceptions import GenericError
 from castore._digest import B3Digest, ChunkMeta
 from castore.blobservice import BlobReader, BlobService, BlobWriter
 from castore.errors import StoreTimeoutError, StoreUnavailableError
-from castore.objectstore._adapter import ObstoreAdapter, StoreAdapter
+from castore.objectstore._adapter import ObjectInfo, ObstoreAdapter, StoreAdapter
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -213,7 +214,7 @@ class _FaultyWriter(BlobWriter):
 # --- object stores ----------------------------------------------------------------------
 
 #: The operations :meth:`FaultyStore.plan` knows; ``any`` matches every call.
-STORE_OPS = ("get", "exists", "put", "any")
+STORE_OPS = ("get", "exists", "put", "list", "head", "delete", "any")
 
 
 class InjectedStoreError(GenericError):
@@ -471,3 +472,33 @@ class FaultyStore(StoreAdapter):
         await self.inner.put_async(key, data)
         self._wrote()
         self._after(p, "put", key)
+
+    async def list(
+        self, prefix: str, *, start_after: str | None = None
+    ) -> AsyncIterator[Sequence[ObjectInfo]]:
+        p = self._decide("list", prefix)
+        await self._before_async(p, "list", prefix)
+        async for page in self.inner.list(prefix, start_after=start_after):
+            yield page
+        self._after(p, "list", prefix)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        p = self._decide("head", key)
+        self._before_sync(p, "head", key)
+        found = self.inner.head(key)
+        self._after(p, "head", key)
+        return found
+
+    async def head_async(self, key: str) -> ObjectInfo | None:
+        p = self._decide("head", key)
+        await self._before_async(p, "head", key)
+        found = await self.inner.head_async(key)
+        self._after(p, "head", key)
+        return found
+
+    async def delete_async(self, keys: Sequence[str]) -> None:
+        where = keys[0] if keys else ""
+        p = self._decide("delete", where)
+        await self._before_async(p, "delete", where)
+        await self.inner.delete_async(keys)
+        self._after(p, "delete", where)
