@@ -21,6 +21,7 @@ exception fits, the castore error inherits it too, so ``except FileNotFoundError
     │   │   └── DecompressionBombError              frame declares or yields too much
     │   └── MalformedIndexError                     a blob index that does not decode
     └── StoreError                    (OSError)     the backend failed
+        ├── MalformedMessageError                   a peer's protobuf message does not decode
         ├── StoreUnavailableError     (ConnectionError)
         ├── StoreTimeoutError         (TimeoutError)
         └── StorePermissionError      (PermissionError)
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidDigestError",
     "InvalidSeekError",
     "MalformedIndexError",
+    "MalformedMessageError",
     "StoreError",
     "StorePermissionError",
     "StoreTimeoutError",
@@ -123,6 +125,12 @@ class MalformedIndexError(DataCorruptionError):
 
 class StoreError(CastoreError, OSError):
     """The underlying store failed (I/O, network, service error)."""
+
+
+class MalformedMessageError(StoreError):
+    """A gRPC peer sent a protobuf message that does not decode (truncated, invalid wire
+    type, field number 0, ...). A server answers ``INVALID_ARGUMENT`` and stores nothing;
+    a client raises this error."""
 
 
 class StoreUnavailableError(StoreError, ConnectionError):

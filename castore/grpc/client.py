@@ -58,6 +58,7 @@ from castore.errors import (
 )
 from castore.grpc._address import Endpoint, parse_endpoint, parse_flag
 from castore.grpc._errors import from_grpc_error
+from castore.grpc._wire import StrictProtoCodec
 from castore.registry import register_scheme
 
 __all__ = [
@@ -211,9 +212,17 @@ class GRPCBlobService(BlobService):
         self._drop_channel()
         config = Configuration(ssl_target_name_override=self._server_name)
         if self.endpoint.path is not None:
-            channel = Channel(path=self.endpoint.path, ssl=context, config=config)
+            channel = Channel(
+                path=self.endpoint.path, ssl=context, config=config, codec=StrictProtoCodec()
+            )
         else:
-            channel = Channel(self.endpoint.host, self.endpoint.port, ssl=context, config=config)
+            channel = Channel(
+                self.endpoint.host,
+                self.endpoint.port,
+                ssl=context,
+                config=config,
+                codec=StrictProtoCodec(),
+            )
         self._channel, self._channel_loop = channel, loop
         return channel
 

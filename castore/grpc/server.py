@@ -57,9 +57,10 @@ from castore._proto.tvix.castore.v1 import (
     StatBlobResponseChunkMeta,
 )
 from castore.blobservice import BlobService
-from castore.errors import InvalidAddressError, InvalidDigestError
+from castore.errors import InvalidAddressError, InvalidDigestError, MalformedMessageError
 from castore.grpc._address import Endpoint, parse_endpoint
 from castore.grpc._errors import to_grpc_error
+from castore.grpc._wire import StrictProtoCodec, decode
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -103,7 +104,10 @@ async def _recv(stream: _Stream, message_type: type[_M], limit: int) -> _M | Non
     h2_stream = getattr(stream, "_stream", None)
     recv_data = getattr(h2_stream, "recv_data", None)
     if recv_data is None:  # pragma: no cover - a grpclib without the attribute
-        message: _M | None = await stream.recv_message()
+        try:
+            message: _M | None = await stream.recv_message()
+        except MalformedMessageError as e:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"undecodable message: {e}") from None
         if message is not None and len(bytes(message)) > limit:
             raise GRPCError(Status.RESOURCE_EXHAUSTED, f"message exceeds {limit} bytes")
         return message
@@ -120,8 +124,8 @@ async def _recv(stream: _Stream, message_type: type[_M], limit: int) -> _M | Non
         )
     body: bytes = await recv_data(length) if length else b""
     try:
-        return message_type.parse(body)
-    except Exception as e:
+        return decode(message_type, body)
+    except MalformedMessageError as e:
         raise GRPCError(Status.INVALID_ARGUMENT, f"undecodable message: {e}") from None
 
 
@@ -378,7 +382,7 @@ async def serve(
     servicer = BlobServiceServicer(
         service, max_message_size=max_message_size, read_message_size=read_message_size
     )
-    server = grpclib.server.Server([servicer])
+    server = grpclib.server.Server([servicer], codec=StrictProtoCodec())
     if endpoint.path is not None:
         sock = await anyio.to_thread.run_sync(_bind_unix, endpoint.path)
         try:
