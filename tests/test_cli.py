@@ -4,7 +4,7 @@ that reaches what a subprocess cannot (stdin, the parser)."""
 
 from __future__ import annotations
 
-import importlib.util
+import argparse
 import io
 import json
 import os
@@ -403,10 +403,26 @@ def test_default_store_url_is_under_the_user_data_folder(monkeypatch: pytest.Mon
     assert default_store_url() == "objectstore+file:///some/where/castore/store"
 
 
-def test_serve_is_offered_when_castore_serve_exists(capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_command_is_offered(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     usage = capsys.readouterr().out
-    for command in ("put", "get", "stat", "has"):
+    for command in ("put", "get", "stat", "has", "serve"):
         assert command in usage
-    has_serve = importlib.util.find_spec("castore.serve") is not None
-    assert ("serve" in usage) is has_serve
+
+
+def test_castore_serve_module_still_works_with_a_deprecation_warning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import sys
+
+    sys.modules.pop("castore.serve", None)
+    with pytest.warns(DeprecationWarning, match="castore.serve is deprecated"):
+        import castore.serve
+    assert castore.serve.DEFAULT_LISTEN == "grpc+http://127.0.0.1:8000"
+    parser = argparse.ArgumentParser(prog="castore")
+    castore.serve.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", "--store", "memory://", "--no-grpc"])
+    assert args.handler is castore.serve.run and args.global_store == "memory://"
+    # No --http with --no-grpc: nothing to serve, said before anything starts.
+    assert castore.serve.main(["--store", "memory://", "--no-grpc"]) == ExitCode.BAD_STORE_URL
+    assert "--no-grpc needs --http" in capsys.readouterr().err

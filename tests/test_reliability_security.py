@@ -29,9 +29,9 @@ from obstore.store import MemoryStore
 
 import castore.http
 from castore import B3Digest, GRPCBlobService, ObjectStoreBlobService, from_addr
+from castore.cli import DEFAULT_LISTEN
 from castore.errors import StoreUnavailableError
 from castore.grpc import serve
-from castore.serve import DEFAULT_LISTEN
 from castore.testing.conformance import pseudo_random_bytes
 from castore.testing.faults import FaultyStore
 

@@ -1,0 +1,106 @@
+"""``castore get DIGEST [-o FILE]``: stream a blob to stdout or a file."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import anyio
+import anyio.to_thread
+
+from castore.cli._command import DIGEST_HELP, Parser, Subparsers
+from castore.cli._errors import ExitCode, Failure
+from castore.cli._progress import Progress
+from castore.cli._store import PIECE, open_store, parse_digest
+
+__all__ = ["register"]
+
+
+def register(sub: Subparsers, common: Parser) -> None:
+    """Add ``get``."""
+    p = sub.add_parser("get", parents=[common], help="write a blob to stdout or a file")
+    p.add_argument("digest", metavar="DIGEST", help=DIGEST_HELP)
+    p.add_argument("-o", "--output", default="-", metavar="FILE", help="write here, not stdout")
+    p.set_defaults(handler=run)
+
+
+async def _open_output(path: str) -> tuple[BinaryIO, Callable[[bool], Awaitable[None]]]:
+    """A binary stream for ``path`` (``-`` is stdout) and a finisher taking success.
+
+    A file is written under a temporary name beside it and renamed on success, so a
+    failed ``get`` never leaves a partial file under the name asked for.
+    """
+    if path == "-":
+        out = sys.stdout.buffer
+
+        async def finish_stdout(ok: bool) -> None:
+            await anyio.to_thread.run_sync(out.flush)
+
+        return out, finish_stdout
+    target = Path(path)
+    temp = target.with_name(f".{target.name}.castore-{secrets.token_hex(4)}.part")
+
+    def create() -> BinaryIO:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        return os.fdopen(fd, "wb")
+
+    try:
+        handle = await anyio.to_thread.run_sync(create)
+    except OSError as e:
+        raise Failure(ExitCode.LOCAL_IO, f"cannot write {path}: {e.strerror or e}") from e
+
+    async def finish_file(ok: bool) -> None:
+        def done() -> None:
+            handle.close()
+            if ok:
+                os.replace(temp, target)
+            else:
+                temp.unlink(missing_ok=True)
+
+        try:
+            await anyio.to_thread.run_sync(done)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            raise Failure(ExitCode.LOCAL_IO, f"cannot write {path}: {e.strerror or e}") from e
+
+    return handle, finish_file
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Stream one blob to stdout or to ``-o FILE``."""
+    digest = parse_digest(args.digest)
+    async with await open_store(args) as service:
+        reader = await service.open_read(digest)
+        if reader is None:
+            raise Failure(ExitCode.NOT_FOUND, f"blob {digest} is not in the store")
+        total: int | None = None
+        if args.output != "-":
+            metas = await service.chunks(digest)
+            total = sum(m.size for m in metas) if metas else None
+        progress = Progress(args.output if args.output != "-" else str(digest), total)
+        async with reader:
+            out, finish = await _open_output(args.output)
+            ok = False
+            try:
+                while block := await reader.read(PIECE):
+                    try:
+                        await anyio.to_thread.run_sync(out.write, block)
+                    except BrokenPipeError:
+                        raise
+                    except OSError as e:
+                        raise Failure(
+                            ExitCode.LOCAL_IO, f"cannot write {args.output}: {e.strerror or e}"
+                        ) from e
+                    progress.update(len(block))
+                ok = True
+            finally:
+                progress.finish()
+                await finish(ok)
+    return ExitCode.OK
