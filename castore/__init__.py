@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from castore._digest import EMPTY_DIGEST, B3Digest, ChunkMeta
 from castore.blobservice import BlobReader, BlobService, BlobWriter
-from castore.chunkedreader import ChunkedReader
 from castore.combined import CombinedBlobService
 from castore.errors import (
     BlobNotFoundError,
@@ -25,6 +24,7 @@ from castore.errors import (
 from castore.grpc import GRPCBlobService
 from castore.memory import MemoryBlobService
 from castore.objectstore import ObjectStoreBlobService
+from castore.reader import ChunkedReader, ChunkSource
 from castore.registry import from_addr, register_scheme
 from castore.wrappers import (
     CachingBlobService,
@@ -43,6 +43,7 @@ __all__ = [
     "CachingBlobService",
     "CastoreError",
     "ChunkMeta",
+    "ChunkSource",
     "ChunkedReader",
     "CombinedBlobService",
     "DataCorruptionError",

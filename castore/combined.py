@@ -1,9 +1,10 @@
 """``CombinedBlobService``: a near store (a cache) in front of a far store (the source).
 
 Reads try ``near`` first. On a miss, the blob is read from ``far`` **chunk by chunk**
-(far's chunk list, through a :class:`~castore.ChunkedReader` whose fetch tries near's copy
-of each chunk before far's), and what comes from far is **copied into near** once it is
-verified, so the next read does not leave the machine. Rust's ``CombinedBlobService``
+(far's chunk list, through a :class:`~castore.ChunkedReader` whose chunk source is the
+combined service itself: its ``fetch_chunk`` tries near's copy of each chunk before
+far's), and what comes from far is **copied into near** once it is verified, so the next
+read does not leave the machine. Rust's ``CombinedBlobService``
 documents this but never does it.
 
 Two kinds of copy happen, because they serve different reads:
@@ -40,12 +41,11 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
 import anyio
-import anyio.to_thread
 import blake3
 
 from castore._digest import B3Digest, ChunkMeta
+from castore._threads import hash_update
 from castore.blobservice import BlobReader, BlobService, BlobWriter
-from castore.chunkedreader import DEFAULT_PREFETCH, ChunkedReader, verify_chunk
 from castore.errors import (
     BlobNotFoundError,
     CastoreError,
@@ -53,16 +53,15 @@ from castore.errors import (
     DigestMismatchError,
     StoreError,
 )
+from castore.reader import DEFAULT_PREFETCH, ChunkedReader, read_chunk
 
 __all__ = ["CombinedBlobService"]
 
 A = TypeVar("A")
 B = TypeVar("B")
+T = TypeVar("T")
 
 logger = logging.getLogger("castore.combined")
-
-# Hash or verify at least this much in a worker thread rather than on the event loop.
-_THREAD_HASH_MIN = 256 * 1024
 
 # Write-through gathers smaller writes into pieces of this size before sending them on.
 _GATHER = 64 * 1024
@@ -108,74 +107,72 @@ class CombinedBlobService(BlobService):
             f"write_through={self.write_through})"
         )
 
-    async def has(self, digest: B3Digest) -> bool:
-        near_error: CastoreError | None = None
-        try:
-            if await self._near.has(digest):
-                return True
-        except _NEAR_FAILURES as e:
-            logger.warning("near has(%s) failed, asking far: %r", digest.hex(), e)
-            near_error = e
-        if await self._far.has(digest):
-            return True
-        if near_error is not None:
-            raise near_error
-        return False
+    async def _near_first(
+        self,
+        what: str,
+        digest: B3Digest,
+        near: Callable[[B3Digest], Awaitable[T | None]],
+        far: Callable[[B3Digest], Awaitable[T | None]],
+    ) -> T | None:
+        """``near(digest)`` if it finds something, else ``far(digest)``.
 
-    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+        Near is a cache: its failures are logged and far is asked. But if near failed and
+        far finds nothing, near's error is raised: near may hold the only copy.
+        """
         near_error: CastoreError | None = None
         try:
-            found = await self._near.chunks(digest)
+            found = await near(digest)
         except _NEAR_FAILURES as e:
-            logger.warning("near chunks(%s) failed, asking far: %r", digest.hex(), e)
+            logger.warning("near %s(%s) failed, asking far: %r", what, digest.hex(), e)
             found, near_error = None, e
         if found is not None:
             return found
-        found = await self._far.chunks(digest)
+        found = await far(digest)
         if found is None and near_error is not None:
             raise near_error
         return found
 
+    async def has(self, digest: B3Digest) -> bool:
+        found = await self._near_first("has", digest, _yes(self._near.has), _yes(self._far.has))
+        return found is not None
+
+    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+        return await self._near_first("chunks", digest, self._near.chunks, self._far.chunks)
+
     async def open_read(self, digest: B3Digest) -> BlobReader | None:
-        near_error: CastoreError | None = None
-        try:
-            reader = await self._near.open_read(digest)
-        except _NEAR_FAILURES as e:
-            logger.warning("near open_read(%s) failed, reading far: %r", digest.hex(), e)
-            reader, near_error = None, e
-        if reader is not None:
-            return reader
+        return await self._near_first("open_read", digest, self._near.open_read, self._open_far)
+
+    async def _open_far(self, digest: B3Digest) -> BlobReader | None:
+        """A reader of far's blob that copies it into near (``None`` if far lacks it)."""
         far_chunks = await self._far.chunks(digest)
         if far_chunks is None:
-            if near_error is not None:
-                raise near_error
             return None
         inner: BlobReader | None
         if far_chunks:
-            inner = ChunkedReader(
-                far_chunks, self._fetch_chunk, prefetch=self._prefetch, verified_fetch=True
-            )
+            inner = ChunkedReader(far_chunks, self, prefetch=self._prefetch)
             length: int | None = sum(c.size for c in far_chunks)
         else:
             inner = await self._far.open_read(digest)
             if inner is None:
-                if near_error is not None:
-                    raise near_error
                 return None
             length = None
         return _PopulatingReader(self._near, digest, inner, length)
 
-    async def _fetch_chunk(self, meta: ChunkMeta) -> bytes:
+    # --- the chunk source (castore.reader.ChunkSource) ----------------------------------
+
+    @property
+    def read_timeout(self) -> float | None:
+        """``None``: near's and far's own calls are bounded by their own timeouts."""
+        return None
+
+    async def fetch_chunk(self, meta: ChunkMeta) -> bytes:
         """One verified chunk: near's copy if it has a good one, else far's (copied)."""
         data = await self._near_chunk(meta)
         if data is not None:
             return data
-        reader = await self._far.open_read(meta.digest)
-        if reader is None:
+        data = await read_chunk(self._far, meta)
+        if data is None:
             raise BlobNotFoundError(f"chunk {meta.digest.hex()} is missing from far")
-        async with reader:
-            data = await reader.read()
-        await _verify(meta, data)
         try:
             stored = await self._near.put(data)
             if stored != meta.digest:
@@ -186,16 +183,10 @@ class CombinedBlobService(BlobService):
 
     async def _near_chunk(self, meta: ChunkMeta) -> bytes | None:
         try:
-            reader = await self._near.open_read(meta.digest)
-            if reader is None:
-                return None
-            async with reader:
-                data = await reader.read()
-            await _verify(meta, data)
+            return await read_chunk(self._near, meta)
         except _NEAR_FAILURES as e:
             logger.warning("near's chunk %s is unusable, reading far: %r", meta.digest.hex(), e)
             return None
-        return data
 
     async def open_write(self) -> BlobWriter:
         near = await self._near.open_write()
@@ -213,11 +204,15 @@ class CombinedBlobService(BlobService):
             await self._far.aclose()
 
 
-async def _verify(meta: ChunkMeta, data: bytes) -> None:
-    if len(data) >= _THREAD_HASH_MIN:
-        await anyio.to_thread.run_sync(verify_chunk, meta, data)
-    else:
-        verify_chunk(meta, data)
+def _yes(
+    has: Callable[[B3Digest], Awaitable[bool]],
+) -> Callable[[B3Digest], Awaitable[bool | None]]:
+    """``has`` as a lookup: ``True`` when found, ``None`` when not."""
+
+    async def lookup(digest: B3Digest) -> bool | None:
+        return True if await has(digest) else None
+
+    return lookup
 
 
 class _PopulatingReader(BlobReader):
@@ -261,10 +256,7 @@ class _PopulatingReader(BlobReader):
             self._writer = await self._near.open_write()
         if end > self._hashed_to:
             new = data[self._hashed_to - start :] if start < self._hashed_to else data
-            if len(new) >= _THREAD_HASH_MIN:
-                await anyio.to_thread.run_sync(self._hasher.update, new)
-            else:
-                self._hasher.update(new)
+            await hash_update(self._hasher, new)
             self._hashed_to = end
             await self._copy(new)
         at_end = end == self._length if self._length is not None else (n < 0 or len(data) < n)

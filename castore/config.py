@@ -252,8 +252,8 @@ def _build_url(e: _Entry, ref: Callable[[str], BlobService]) -> BlobService:
 
 
 def _build_combined(e: _Entry, ref: Callable[[str], BlobService]) -> BlobService:
-    from castore.chunkedreader import DEFAULT_PREFETCH
     from castore.combined import CombinedBlobService
+    from castore.reader import DEFAULT_PREFETCH
 
     return CombinedBlobService(
         ref("near"),
@@ -279,7 +279,7 @@ def _build_retry(e: _Entry, ref: Callable[[str], BlobService]) -> BlobService:
 
 
 def _build_cache(e: _Entry, ref: Callable[[str], BlobService]) -> BlobService:
-    from castore.chunkedreader import DEFAULT_PREFETCH
+    from castore.reader import DEFAULT_PREFETCH
     from castore.wrappers.cache import DEFAULT_MAX_BYTES, CachingBlobService
 
     max_bytes = e.size("max_bytes")

@@ -59,13 +59,13 @@ import anyio.lowlevel
 
 from castore._digest import B3Digest
 from castore.blobservice import BlobReader, BlobService, BytesReader
-from castore.chunkedreader import ChunkedReader
 from castore.errors import (
     BlobNotFoundError,
     DataCorruptionError,
     InvalidDigestError,
     StoreError,
 )
+from castore.reader import ChunkedReader
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD",

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Callable
 
 import anyio
 import pytest
+from obstore.store import MemoryStore
 
-from castore import B3Digest, BlobNotFoundError, ChunkedReader, ChunkMeta, MemoryBlobService
-from castore.errors import DigestMismatchError, InvalidSeekError
+from castore import (
+    B3Digest,
+    BlobNotFoundError,
+    ChunkedReader,
+    ChunkMeta,
+    ChunkSource,
+    MemoryBlobService,
+    ObjectStoreBlobService,
+)
+from castore.errors import DigestMismatchError, InvalidSeekError, StoreTimeoutError
+from castore.reader import ServiceChunkSource, ThreadChunkSource, read_chunk, verify_chunk
 
 PIECES = [bytes.fromhex(h) for h in ("0001", "02030405", "06", "0708", "090a0b0c0d0e0f")]
 WHOLE = b"".join(PIECES)
@@ -18,7 +30,7 @@ async def _reader(svc: MemoryBlobService, **kw: object) -> ChunkedReader:
     metas = []
     for p in PIECES:
         metas.append(ChunkMeta(await svc.put(p), len(p)))
-    return ChunkedReader.from_service(svc, metas, **kw)  # type: ignore[arg-type]
+    return ChunkedReader(metas, ServiceChunkSource(svc), **kw)  # type: ignore[arg-type]
 
 
 async def test_offsets_and_full_read() -> None:
@@ -77,7 +89,7 @@ async def test_empty_reader() -> None:
 async def test_missing_chunk_fails_during_read() -> None:
     svc = MemoryBlobService()
     metas = [ChunkMeta(await svc.put(b"ab"), 2), ChunkMeta(B3Digest.of(b"gone"), 4)]
-    async with ChunkedReader.from_service(svc, metas) as r:
+    async with ChunkedReader(metas, ServiceChunkSource(svc)) as r:
         assert await r.read(2) == b"ab"
         with pytest.raises(BlobNotFoundError):
             await r.read(1)
@@ -101,15 +113,12 @@ async def test_corrupt_chunk_is_rejected() -> None:
 
 async def test_whole_blob_digest_checked() -> None:
     svc = MemoryBlobService()
-    good = ChunkedReader.from_service(
-        svc, [ChunkMeta(await svc.put(p), len(p)) for p in PIECES], blob_digest=B3Digest.of(WHOLE)
-    )
+    metas = [ChunkMeta(await svc.put(p), len(p)) for p in PIECES]
+    good = ChunkedReader(metas, ServiceChunkSource(svc), blob_digest=B3Digest.of(WHOLE))
     async with good:
         assert await good.read() == WHOLE
     # An index that lists real chunks but not this blob's: the full read raises.
-    wrong = ChunkedReader.from_service(
-        svc, [ChunkMeta(await svc.put(p), len(p)) for p in PIECES], blob_digest=B3Digest.of(b"x")
-    )
+    wrong = ChunkedReader(metas, ServiceChunkSource(svc), blob_digest=B3Digest.of(b"x"))
     async with wrong:
         with pytest.raises(DigestMismatchError):
             await wrong.read()
@@ -166,7 +175,43 @@ async def test_aclose_cancels_prefetches() -> None:
         await r.read()
 
 
-# --- synchronous fetching (pullers in worker threads) -------------------------------------
+# --- sources that fetch in worker threads ------------------------------------------------
+
+
+class TaskSource:
+    """A chunk source over a dict, verifying as a real source does; async only."""
+
+    def __init__(self, by: dict[B3Digest, bytes], *, timeout: float | None = None) -> None:
+        self.by = by
+        self.timeout = timeout
+        self.async_calls = 0
+
+    @property
+    def read_timeout(self) -> float | None:
+        return self.timeout
+
+    async def fetch_chunk(self, meta: ChunkMeta) -> bytes:
+        self.async_calls += 1
+        return verify_chunk(meta, self.by[meta.digest])
+
+
+class ThreadSource(TaskSource):
+    """The same, also fetching in worker threads, through ``get`` (a blocking store)."""
+
+    def __init__(
+        self,
+        by: dict[B3Digest, bytes],
+        *,
+        timeout: float | None = None,
+        get: Callable[[ChunkMeta], bytes] | None = None,
+    ) -> None:
+        super().__init__(by, timeout=timeout)
+        self.get = get or (lambda meta: by[meta.digest])
+        self.sync_calls: list[ChunkMeta] = []
+
+    def fetch_chunk_sync(self, meta: ChunkMeta) -> bytes:
+        self.sync_calls.append(meta)
+        return verify_chunk(meta, self.get(meta))
 
 
 def _sync_store(pieces: list[bytes]) -> tuple[list[ChunkMeta], dict[B3Digest, bytes]]:
@@ -174,22 +219,22 @@ def _sync_store(pieces: list[bytes]) -> tuple[list[ChunkMeta], dict[B3Digest, by
     return metas, {m.digest: p for m, p in zip(metas, pieces, strict=True)}
 
 
+def test_sources_are_recognized() -> None:
+    _, by = _sync_store(PIECES)
+    assert isinstance(TaskSource(by), ChunkSource)
+    assert not isinstance(TaskSource(by), ThreadChunkSource)
+    assert isinstance(ThreadSource(by), ThreadChunkSource)
+    svc = ObjectStoreBlobService(MemoryStore())
+    assert isinstance(svc, ThreadChunkSource)
+    assert not isinstance(MemoryBlobService(), ChunkSource)
+
+
 @pytest.mark.parametrize("prefetch", [0, 1, 4])
 @pytest.mark.parametrize("n", [1, 3, 5, 16, 100, -1])
-async def test_sync_fetch_reads_and_seeks(prefetch: int, n: int) -> None:
+async def test_thread_source_reads_and_seeks(prefetch: int, n: int) -> None:
     metas, by = _sync_store(PIECES)
-    calls: list[ChunkMeta] = []
-
-    def fetch_sync(meta: ChunkMeta) -> bytes:
-        calls.append(meta)
-        return by[meta.digest]
-
-    async def never(meta: ChunkMeta) -> bytes:
-        raise AssertionError("the async fetch is for refetches only")
-
-    r = ChunkedReader(
-        metas, never, prefetch=prefetch, fetch_sync=fetch_sync, blob_digest=B3Digest.of(WHOLE)
-    )
+    source = ThreadSource(by)
+    r = ChunkedReader(metas, source, prefetch=prefetch, blob_digest=B3Digest.of(WHOLE))
     async with r:
         out = b""
         while block := await r.read(n):
@@ -198,7 +243,8 @@ async def test_sync_fetch_reads_and_seeks(prefetch: int, n: int) -> None:
         for start in (13, 2, 0, 7, 15):
             await r.seek(start)
             assert await r.read(n) == (WHOLE[start:] if n < 0 else WHOLE[start : start + n])
-    assert calls
+    assert source.sync_calls
+    assert source.async_calls == 0  # the async fetch is for refetches only
 
 
 async def test_a_whole_chunk_is_returned_without_a_copy() -> None:
@@ -215,9 +261,9 @@ async def test_a_whole_chunk_is_returned_without_a_copy() -> None:
             assert got is by[B3Digest.of(p)]
 
 
-async def test_sync_fetch_verifies_unless_told_it_does() -> None:
-    metas, _ = _sync_store([b"ab", b"cd"])
-    async with ChunkedReader(metas, _unused, fetch_sync=lambda m: b"XY") as r:
+async def test_thread_source_verifies() -> None:
+    metas, by = _sync_store([b"ab", b"cd"])
+    async with ChunkedReader(metas, ThreadSource(by, get=lambda m: b"XY")) as r:
         with pytest.raises(DigestMismatchError):
             await r.read()
 
@@ -226,22 +272,24 @@ async def _unused(meta: ChunkMeta) -> bytes:
     raise AssertionError("not called")
 
 
-async def test_sync_fetch_timeout_and_recovery() -> None:
-    """A fetch stuck in the store: the read raises StoreTimeoutError after the timeout;
-    once the store answers, the same reader reads on."""
-    import threading
-
-    from castore.errors import StoreTimeoutError
-
-    metas, by = _sync_store(PIECES)
-    release = threading.Event()
-
-    def fetch_sync(meta: ChunkMeta) -> bytes:
-        if meta.digest == metas[2].digest:
+def _stuck_at(
+    metas: list[ChunkMeta], by: dict[B3Digest, bytes], i: int, release: threading.Event
+) -> Callable[[ChunkMeta], bytes]:
+    def get(meta: ChunkMeta) -> bytes:
+        if meta.digest == metas[i].digest:
             release.wait(10)
         return by[meta.digest]
 
-    r = ChunkedReader(metas, _unused, prefetch=1, fetch_sync=fetch_sync, timeout=0.2)
+    return get
+
+
+async def test_thread_source_timeout_and_recovery() -> None:
+    """A fetch stuck in the store: the read raises StoreTimeoutError after the source's
+    read_timeout; once the store answers, the same reader reads on."""
+    metas, by = _sync_store(PIECES)
+    release = threading.Event()
+    source = ThreadSource(by, timeout=0.2, get=_stuck_at(metas, by, 2, release))
+    r = ChunkedReader(metas, source, prefetch=1)
     async with r:
         assert await r.read(6) == WHOLE[:6]
         with anyio.fail_after(5), pytest.raises(StoreTimeoutError, match=r"within 0\.2 s"):
@@ -251,7 +299,23 @@ async def test_sync_fetch_timeout_and_recovery() -> None:
         assert await r.read() == WHOLE[9:]
 
 
-async def test_sync_fetch_failure_is_fetched_again() -> None:
+async def test_task_source_timeout() -> None:
+    """The read_timeout of a source that fetches in tasks bounds a read just the same."""
+    metas, by = _sync_store(PIECES)
+
+    class Hanging(TaskSource):
+        async def fetch_chunk(self, meta: ChunkMeta) -> bytes:
+            if meta.digest == metas[1].digest:
+                await anyio.sleep(60)
+            return await super().fetch_chunk(meta)
+
+    async with ChunkedReader(metas, Hanging(by, timeout=0.2), prefetch=0) as r:
+        assert await r.read(2) == WHOLE[:2]
+        with anyio.fail_after(5), pytest.raises(StoreTimeoutError):
+            await r.read(1)
+
+
+async def test_thread_source_failure_is_fetched_again() -> None:
     """A chunk whose fetch failed is fetched again (through the async fetch) by the next
     read that needs it."""
     metas, by = _sync_store(PIECES)
@@ -264,14 +328,63 @@ async def test_sync_fetch_failure_is_fetched_again() -> None:
             raise BlobNotFoundError("gone for now")
         return by[meta.digest]
 
-    async def fetch(meta: ChunkMeta) -> bytes:
-        return by[meta.digest]
-
-    async with ChunkedReader(metas, fetch, prefetch=2, fetch_sync=flaky) as r:
+    source = ThreadSource(by, get=flaky)
+    async with ChunkedReader(metas, source, prefetch=2) as r:
         assert await r.read(2) == WHOLE[:2]
         with pytest.raises(BlobNotFoundError):
             await r.read(4)
         assert await r.read() == WHOLE[2:]
+    assert source.async_calls == 1
+
+
+# --- the deprecated forms keep working ----------------------------------------------------
+
+
+async def test_legacy_keywords_warn_and_work() -> None:
+    metas, by = _sync_store(PIECES)
+    release = threading.Event()
+    with pytest.warns(DeprecationWarning, match="fetch_sync, timeout"):
+        r = ChunkedReader(
+            metas, _unused, prefetch=1, fetch_sync=_stuck_at(metas, by, 2, release), timeout=0.2
+        )
+    async with r:
+        assert await r.read(6) == WHOLE[:6]
+        with anyio.fail_after(5), pytest.raises(StoreTimeoutError):
+            await r.read(3)
+        release.set()
+        assert await r.read() == WHOLE[6:]
+    with pytest.warns(DeprecationWarning):
+        r = ChunkedReader(metas, _unused, fetch_sync=lambda m: b"XY")
+    async with r:
+        with pytest.raises(DigestMismatchError):
+            await r.read()
+
+
+async def test_legacy_keywords_do_not_apply_to_a_source() -> None:
+    _, by = _sync_store(PIECES)
+    with pytest.raises(TypeError, match="verified_fetch"):
+        ChunkedReader([], TaskSource(by), verified_fetch=True)
+
+
+async def test_from_service_and_the_old_module_warn_and_work() -> None:
+    svc = MemoryBlobService()
+    metas = [ChunkMeta(await svc.put(p), len(p)) for p in PIECES]
+    with pytest.warns(DeprecationWarning, match="from_service"):
+        r = ChunkedReader.from_service(svc, metas, blob_digest=B3Digest.of(WHOLE))
+    async with r:
+        assert await r.read() == WHOLE
+    with pytest.warns(DeprecationWarning, match="castore.reader"):
+        from castore.chunkedreader import ChunkedReader as Old
+    assert Old is ChunkedReader
+
+
+async def test_read_chunk_says_none_for_a_missing_chunk() -> None:
+    for svc in (MemoryBlobService(), ObjectStoreBlobService(MemoryStore())):
+        meta = ChunkMeta(await svc.put(b"abc"), 3)
+        assert await read_chunk(svc, meta) == b"abc"
+        assert await read_chunk(svc, ChunkMeta(B3Digest.of(b"gone"), 4)) is None
+        with pytest.raises(DigestMismatchError):
+            await read_chunk(svc, ChunkMeta(meta.digest, 4))
 
 
 async def test_wrong_index_fails_every_later_read() -> None:

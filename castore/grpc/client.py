@@ -46,7 +46,6 @@ from castore._proto.tvix.castore.v1 import (
     StatBlobResponse,
 )
 from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader, _seek_target
-from castore.chunkedreader import DEFAULT_PREFETCH, ChunkedReader
 from castore.errors import (
     BlobNotFoundError,
     CastoreError,
@@ -59,6 +58,7 @@ from castore.errors import (
 from castore.grpc._address import Endpoint, parse_endpoint, parse_flag
 from castore.grpc._errors import from_grpc_error
 from castore.grpc._wire import StrictProtoCodec
+from castore.reader import DEFAULT_PREFETCH, ChunkedReader
 from castore.registry import register_scheme
 
 __all__ = [

@@ -19,7 +19,6 @@ from obstore.store import (
 from castore._digest import EMPTY_DIGEST, B3Digest, ChunkMeta
 from castore._threads import THRESHOLDS, cpu_pool, run_sized
 from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader
-from castore.chunkedreader import ChunkedReader
 from castore.errors import BlobNotFoundError, StoreTimeoutError, translate_store_error
 from castore.objectstore._adapter import ObstoreAdapter, StoreAdapter
 from castore.objectstore._chunker import (
@@ -30,6 +29,7 @@ from castore.objectstore._chunker import (
 from castore.objectstore._codec import decode_chunk, decode_index
 from castore.objectstore._layout import Layout
 from castore.objectstore._writer import PUT_THREADS_PER_CPU, ObjectStoreBlobWriter, PipelineConfig
+from castore.reader import ChunkedReader
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -193,16 +193,9 @@ class ObjectStoreBlobService(BlobService):
             return None
         if isinstance(found, bytes):
             return BytesReader(found)
-        return ChunkedReader(
-            found,
-            self._fetch,
-            prefetch=self._prefetch,
-            verified_fetch=True,
-            blob_digest=digest,
-            # Sequential reads fetch runs of chunks per worker job, not a hop per chunk.
-            fetch_sync=self._fetch_sync,
-            timeout=self.timeout,
-        )
+        # The service is the reader's chunk source; as a ThreadChunkSource it is read by
+        # thread pullers, which fetch runs of chunks per worker job, not a hop per chunk.
+        return ChunkedReader(found, self, prefetch=self._prefetch, blob_digest=digest)
 
     def _get(self, key: str, what: str) -> Buffer | None:
         try:
@@ -235,7 +228,19 @@ class ObjectStoreBlobService(BlobService):
             )
         return decode_chunk(frame, d, expected_size=None, max_size=self._read_limit)
 
-    def _fetch_sync(self, meta: ChunkMeta) -> bytes:
+    # --- the chunk source (castore.reader.ThreadChunkSource) ------------------------------
+
+    @property
+    def read_timeout(self) -> float | None:
+        """How long a read may wait with no chunk arriving: the service's ``timeout``.
+
+        A store call in a worker thread cannot be interrupted; past this the read raises
+        :class:`~castore.errors.StoreTimeoutError` and the thread is left behind.
+        """
+        return self.timeout
+
+    def fetch_chunk_sync(self, meta: ChunkMeta) -> bytes:
+        """Chunk ``meta``, fetched, decompressed (bounded) and verified; blocking."""
         d = meta.digest.digest
         key = self._layout.chunk(d)
         frame = self._get(key, "chunk")
@@ -243,9 +248,10 @@ class ObjectStoreBlobService(BlobService):
             raise BlobNotFoundError(f"chunk {meta.digest.hex()} is missing ({key})")
         return decode_chunk(frame, d, expected_size=meta.size, max_size=self._read_limit)
 
-    async def _fetch(self, meta: ChunkMeta) -> bytes:
-        # One worker-thread hop: get, bounded decompression and verification.
-        return await self._in_thread(f"reading chunk {meta.digest.hex()}", self._fetch_sync, meta)
+    async def fetch_chunk(self, meta: ChunkMeta) -> bytes:
+        """Chunk ``meta``, verified, in one worker-thread hop bounded by ``timeout``."""
+        what = f"reading chunk {meta.digest.hex()}"
+        return await self._in_thread(what, self.fetch_chunk_sync, meta)
 
     # --- writing ------------------------------------------------------------------------
 

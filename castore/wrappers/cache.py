@@ -22,13 +22,13 @@ import io
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import anyio.to_thread
 import blake3
 
 from castore._digest import B3Digest, ChunkMeta
+from castore._threads import THRESHOLDS, run_sized
 from castore.blobservice import BlobReader, BlobService, BytesReader
-from castore.chunkedreader import DEFAULT_PREFETCH, ChunkedReader, verify_chunk
 from castore.errors import BlobNotFoundError, DigestMismatchError
+from castore.reader import DEFAULT_PREFETCH, ChunkedReader, read_chunk
 from castore.wrappers.base import WrapperBlobReader, WrapperBlobService
 
 __all__ = ["CacheStatistics", "CachingBlobService"]
@@ -41,9 +41,6 @@ _CHUNK_META_COST = 96
 # A cached chunk list or data; keyed by (is_list, digest).
 _Value = bytes | tuple[ChunkMeta, ...]
 _Key = tuple[bool, B3Digest]
-
-# Hash at least this much in a worker thread rather than on the event loop.
-_THREAD_HASH_MIN = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +61,6 @@ class CacheStatistics:
 
 def _blake3(data: bytes) -> bytes:
     return blake3.blake3(data, max_threads=1).digest()
-
-
-async def _verified(meta: ChunkMeta, data: bytes) -> bytes:
-    if len(data) >= _THREAD_HASH_MIN:
-        return await anyio.to_thread.run_sync(verify_chunk, meta, data)
-    return verify_chunk(meta, data)
 
 
 class CachingBlobService(WrapperBlobService):
@@ -182,28 +173,27 @@ class CachingBlobService(WrapperBlobService):
         if chunks is None:
             return None
         if chunks:
-            return ChunkedReader(
-                chunks,
-                self._fetch_chunk,
-                prefetch=self._prefetch,
-                verified_fetch=True,
-                blob_digest=digest,
-            )
+            return ChunkedReader(chunks, self, prefetch=self._prefetch, blob_digest=digest)
         reader = await self._inner.open_read(digest)
         if reader is None:
             return None
         return _FillingReader(self, digest, reader)
 
-    async def _fetch_chunk(self, meta: ChunkMeta) -> bytes:
+    # --- the chunk source (castore.reader.ChunkSource) ------------------------------
+
+    @property
+    def read_timeout(self) -> float | None:
+        """``None``: the inner service bounds its own calls."""
+        return None
+
+    async def fetch_chunk(self, meta: ChunkMeta) -> bytes:
+        """Chunk ``meta`` from the cache, else from ``inner`` (verified, then cached)."""
         data = self._get_data(meta.digest)
         if data is not None:
             return data
-        reader = await self._inner.open_read(meta.digest)
-        if reader is None:
+        data = await read_chunk(self._inner, meta)
+        if data is None:
             raise BlobNotFoundError(f"chunk {meta.digest.hex()} is missing")
-        async with reader:
-            data = await reader.read()
-        data = await _verified(meta, data)
         self._put((False, meta.digest), data)
         return data
 
@@ -238,10 +228,7 @@ class _FillingReader(WrapperBlobReader):
 
     async def _complete(self, parts: list[bytes]) -> None:
         whole = parts[0] if len(parts) == 1 else b"".join(parts)
-        if len(whole) >= _THREAD_HASH_MIN:
-            actual = await anyio.to_thread.run_sync(_blake3, whole)
-        else:
-            actual = _blake3(whole)
+        actual = await run_sized(len(whole), THRESHOLDS.hash, _blake3, whole)
         if actual != self._digest.digest:
             raise DigestMismatchError(
                 f"blob {self._digest.hex()}: the bytes read hash to {actual.hex()}"

@@ -1,0 +1,344 @@
+"""The pullers: fetching a reader's window of chunks, in worker threads or in tasks.
+
+A reader asks for a *window* of chunk indexes ``[lo, hi)``: the chunks under its cursor
+and some ahead of it. A few *pullers* each take the next index of the window in turn,
+fetch that chunk from the :class:`~castore.reader.ChunkSource` and hand it over, until
+the window is exhausted:
+
+- a **thread puller** (for a :class:`~castore.reader.ThreadChunkSource`) is one worker
+  thread job that fetches many chunks; it waits a moment for the window to grow before
+  it ends, so a steady sequential read starts a puller about once, not once per chunk;
+- a **task puller** (any other source) is an asyncio task awaiting ``fetch_chunk``.
+
+Pullers leave what they fetched in a shared table and wake the loop only when a read is
+waiting for it (once, when its last missing chunk arrives), so a read whose chunks were
+fetched ahead costs no wakeup at all. Each verified chunk is also offered to the
+whole-blob hash (:class:`~castore.reader._blobhash.BlobHash`), by the puller that
+fetched it. A hop between the loop and a thread costs 40-150 µs of CPU, as much as
+fetching and verifying a chunk of incompressible data: that is why the work is handed
+over in runs (see ``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import anyio.to_thread
+
+from castore._digest import ChunkMeta
+from castore._threads import cpu_pool
+from castore.errors import StoreTimeoutError
+from castore.reader._blobhash import BlobHash, _release
+from castore.reader._source import ChunkSource, ThreadChunkSource
+
+__all__ = ["Window", "reader_pool"]
+
+# Seconds a thread puller waits for the window to grow before it ends.
+_LINGER = 0.05
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def reader_pool() -> ThreadPoolExecutor:
+    """The readers' pool for CPU work (whole-blob hashes, large joins); never store calls.
+
+    One thread per usable CPU: a job here never waits for anything but the CPU, so a
+    hung store cannot starve it.
+    """
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = cpu_pool("castore-reader")
+        return _pool
+
+
+class _Waiter:
+    """A read waiting for chunks ``first .. end - 1``, ``missing`` of which are not in."""
+
+    __slots__ = ("end", "first", "fut", "missing")
+
+    def __init__(self, first: int, end: int, missing: int, fut: asyncio.Future[None]) -> None:
+        self.first = first
+        self.end = end
+        self.missing = missing
+        self.fut = fut
+
+
+class Window:
+    """The chunks ``[lo, hi)`` of ``chunks`` a reader wants, and the pullers fetching them.
+
+    ``prefetch + 1`` pullers run at most. :meth:`move` sets the window (dropping fetched
+    chunks that fall out of it) and starts pullers; :meth:`collect` waits for a range of
+    chunks. ``whole``, when set, is offered every chunk as it is handed over.
+    """
+
+    def __init__(self, chunks: Sequence[ChunkMeta], source: ChunkSource, prefetch: int) -> None:
+        self._chunks = chunks
+        self._source = source
+        self._threaded = isinstance(source, ThreadChunkSource)
+        self._timeout = source.read_timeout
+        self._prefetch = prefetch
+        self.whole: BlobHash | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        # The window [_lo, _hi) and the next index a puller takes. _lock guards what
+        # pullers in threads touch: _claim, _lo, _hi, _pullers, _taken, _ready, _waiter,
+        # _arrived. _wake tells lingering thread pullers that the window grew.
+        self._lo = 0
+        self._hi = 0
+        self._claim = 0
+        self._pullers = 0
+        self._taken: set[int] = set()  # taken by a puller, not handed over yet
+        # Fetched chunks of the window (or the error fetching one), by index. Pullers put
+        # them here and wake the loop only when a read waits for them (_waiter: the range
+        # it needs and the future it awaits).
+        self._ready: dict[int, bytes | Exception] = {}
+        self._waiter: _Waiter | None = None
+        self._arrived = 0  # chunks handed over so far: progress, for the timeout
+        self._refetching: set[int] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+
+    @property
+    def lo(self) -> int:
+        return self._lo
+
+    @property
+    def hi(self) -> int:
+        return self._hi
+
+    def move(self, lo: int, hi: int | None = None) -> None:
+        """Make the window [lo, hi) (``hi`` unchanged when not given) and fill it."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        if hi is None:
+            hi = self._hi
+        hi = max(hi, lo)
+        with self._lock:
+            ready = self._ready
+            if lo < self._lo or lo >= self._hi or hi < self._hi:
+                # A jump (a seek) or a shrink: drop results outside the new window.
+                for i in [i for i in ready if i < lo or i >= hi]:
+                    del ready[i]
+            else:
+                for i in range(self._lo, lo):
+                    ready.pop(i, None)
+            if lo < self._lo or lo >= self._hi or self._claim < lo:
+                self._claim = lo
+            self._lo, self._hi = lo, hi
+            start = min(self._prefetch + 1 - self._pullers, hi - self._claim)
+            if start > 0:
+                self._pullers += start
+            if self._claim < hi:
+                self._wake.notify_all()
+        for _ in range(max(0, start)):
+            self._start_puller()
+
+    # --- pullers ------------------------------------------------------------------------
+
+    def _start_puller(self) -> None:
+        if self._threaded:
+            job = anyio.to_thread.run_sync(self._pull_sync, abandon_on_cancel=True)
+        else:
+            job = self._pull_async()
+        self._track(asyncio.ensure_future(job))
+
+    def _track(self, task: asyncio.Future[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._puller_done)
+
+    def _puller_done(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # failures reach readers through the results
+
+    def _take(self) -> int | None:
+        """The next chunk index for a puller (under the lock), or None: the puller ends."""
+        i = self._claim
+        if self._closed or i >= self._hi:
+            self._pullers -= 1
+            return None
+        self._claim = i + 1
+        self._taken.add(i)
+        return i
+
+    def _pull_sync(self) -> None:
+        """A thread puller: fetch chunks in window order; hand each over."""
+        source = self._source
+        assert isinstance(source, ThreadChunkSource)
+        fetch = source.fetch_chunk_sync
+        while True:
+            with self._lock:
+                if not self._closed and self._claim >= self._hi:
+                    self._wake.wait(_LINGER)
+                i = self._take()
+            if i is None:
+                return
+            try:
+                data = fetch(self._chunks[i])
+            except Exception as e:
+                self._hand_over(i, e)
+                with self._lock:
+                    self._pullers -= 1
+                return
+            if not self._hand_over(i, data):
+                return
+            whole = self.whole
+            if whole is not None and whole.offer(i, data):
+                whole.drain()  # here, while the chunk is still in this CPU's cache
+
+    async def _pull_async(self) -> None:
+        """A task puller: the same, through the async ``fetch_chunk``."""
+        while True:
+            with self._lock:
+                i = self._take()
+            if i is None:
+                return
+            try:
+                data = await self._source.fetch_chunk(self._chunks[i])
+            except Exception as e:
+                self._hand_over(i, e)
+                with self._lock:
+                    self._pullers -= 1
+                return
+            self._hand_over(i, data)
+            self._offer_from_loop(i, data)
+
+    def _offer_from_loop(self, i: int, data: bytes) -> None:
+        whole = self.whole
+        if whole is not None and whole.offer(i, data):
+            reader_pool().submit(whole.drain)
+
+    def _hand_over(self, i: int, result: bytes | Exception) -> bool:
+        """From any thread: chunk ``i`` (or the error fetching it) for the reads.
+
+        Kept if the window holds it and it is not there yet; the loop is woken only if a
+        read waits for it. False when the loop is gone: the puller stops.
+        """
+        with self._lock:
+            self._taken.discard(i)
+            if self._closed or not self._lo <= i < self._hi or i in self._ready:
+                return not self._closed
+            self._ready[i] = result
+            self._arrived += 1
+            waiter = self._waiter
+            if waiter is None or not waiter.first <= i < waiter.end:
+                return True
+            waiter.missing -= 1
+            if waiter.missing and not isinstance(result, Exception):
+                return True
+            self._waiter = None
+        loop = self._loop
+        assert loop is not None
+        try:
+            loop.call_soon_threadsafe(_release, waiter.fut)
+        except RuntimeError:  # the loop is closed: nobody is reading any more
+            with self._lock:
+                self._closed = True
+            return False
+        return True
+
+    # --- waiting for chunks -------------------------------------------------------------
+
+    async def collect(self, first: int, end: int) -> list[bytes]:
+        """The chunks ``first .. end - 1``, waiting for those not fetched yet."""
+        loop = self._loop
+        assert loop is not None
+        while True:
+            error: Exception | None = None
+            missing: list[int] = []
+            found: list[bytes] = []
+            with self._lock:
+                ready = self._ready
+                for i in range(first, end):
+                    r = ready.get(i)
+                    if r is None:
+                        missing.append(i)
+                    elif isinstance(r, Exception):
+                        # Raised to this read; a later read that needs it fetches it again.
+                        del ready[i]
+                        error = r
+                        break
+                    else:
+                        found.append(r)
+                if error is None and missing:
+                    # Taken by a puller earlier but neither here nor in flight (it failed
+                    # and was dropped, or a window move dropped it): fetch it on its own.
+                    lost = [
+                        i
+                        for i in missing
+                        if i < self._claim and i not in self._taken and i not in self._refetching
+                    ]
+                    fut: asyncio.Future[None] = loop.create_future()
+                    self._waiter = _Waiter(first, end, len(missing), fut)
+                    arrived = self._arrived
+            if error is not None:
+                raise error
+            if not missing:
+                return found
+            for i in lost:
+                self._refetch(i)
+            try:
+                await self._wait(fut, arrived, missing[0])
+            finally:
+                with self._lock:
+                    if self._waiter is not None and self._waiter.fut is fut:
+                        self._waiter = None
+
+    async def _wait(self, fut: asyncio.Future[None], arrived: int, first_missing: int) -> None:
+        """Wait for ``fut``; past the source's timeout with no chunk arriving, raise."""
+        if self._timeout is None:
+            await fut
+            return
+        while True:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await asyncio.shield(fut)
+                return
+            except TimeoutError:
+                with self._lock:
+                    if self._arrived == arrived:
+                        break
+                    arrived = self._arrived  # chunks are still arriving: wait on
+        meta = self._chunks[first_missing]
+        raise StoreTimeoutError(
+            f"reading chunk {meta.digest.hex()}: the store did not answer within {self._timeout} s"
+        )
+
+    def _refetch(self, i: int) -> None:
+        async def one() -> None:
+            try:
+                data = await self._source.fetch_chunk(self._chunks[i])
+            except Exception as e:
+                self._hand_over(i, e)
+            else:
+                self._hand_over(i, data)
+                self._offer_from_loop(i, data)
+            finally:
+                self._refetching.discard(i)
+
+        self._refetching.add(i)
+        self._track(asyncio.ensure_future(one()))
+
+    async def aclose(self) -> None:
+        """Stop the pullers and drop what they fetched."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+        with self._lock:
+            self._ready.clear()
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.fut.cancel()
+        tasks = list(self._tasks)
+        self._tasks.clear()
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            # Cancelled or failed prefetches are dropped; a cancel of aclose() propagates.
+            await asyncio.gather(*tasks, return_exceptions=True)

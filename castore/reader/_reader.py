@@ -1,0 +1,269 @@
+"""``ChunkedReader``: random access over a blob stored as an ordered list of chunks.
+
+Seeks by binary search over chunk offsets, fetches chunks lazily from a
+:class:`~castore.reader.ChunkSource` through a few pullers (:mod:`castore.reader._pullers`)
+that keep a bounded window of the next chunks in flight, so that a sequential read does
+not wait one round trip per chunk. Every chunk is verified (BLAKE3 digest and size) by
+the source. When the blob is read in order from offset 0 to its end, the bytes returned
+are also checked against the blob's own digest (:mod:`castore.reader._blobhash`), so an
+index listing the wrong chunks raises instead of passing.
+
+The window: from the chunk under the cursor to ``prefetch`` chunks past the end of the
+current read, and at least as many bytes past it as the read asked for, so the next
+read of the same size finds its chunks fetched or in flight. At most ``prefetch + 1``
+pullers run at once; fetched chunks are dropped once the cursor has passed them. A read
+that spans chunks is joined into one ``bytes`` in a worker thread when it is large; a
+read that is exactly one chunk returns that chunk's ``bytes`` without a copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import io
+import warnings
+from collections.abc import Sequence
+
+from castore._digest import B3Digest, ChunkMeta
+from castore._threads import THRESHOLDS
+from castore.blobservice import BlobReader, BlobService, _seek_target
+from castore.errors import DigestMismatchError, InvalidSeekError
+from castore.reader._blobhash import BlobHash
+from castore.reader._pullers import Window, reader_pool
+from castore.reader._source import (
+    ChunkFetcher,
+    ChunkSource,
+    FunctionChunkSource,
+    ServiceChunkSource,
+    SyncChunkFetcher,
+    ThreadFunctionChunkSource,
+)
+
+__all__ = ["DEFAULT_PREFETCH", "ChunkedReader"]
+
+DEFAULT_PREFETCH = 4
+
+# At most this many chunks are fetched ahead of a read, whatever its size.
+_MAX_AHEAD = 64
+
+_LEGACY = object()  # marks a legacy keyword argument not given
+
+
+class ChunkedReader(BlobReader):
+    """A :class:`BlobReader` over ``chunks``, fetched from ``source``.
+
+    ``source`` is a :class:`~castore.reader.ChunkSource`, which returns verified chunks
+    (a service such as the object store implements it), or an async function that
+    fetches a chunk's bytes, which the reader then verifies. ``prefetch`` is how many
+    chunks beyond the end of the current read are fetched ahead (reads also fetch ahead
+    as many bytes as they ask for, and at most ``prefetch + 1`` fetches run at once; 0
+    fetches only what a read needs, one chunk at a time). ``blob_digest``, when given, is
+    checked once the whole blob has been read in order.
+
+    Deprecated keywords, for a function ``source`` only: ``verified_fetch`` (the function
+    verifies), ``fetch_sync`` (a blocking fetch for worker threads) and ``timeout`` (with
+    ``fetch_sync``: how long a read waits with no chunk arriving). Implement a
+    :class:`~castore.reader.ChunkSource` instead.
+    """
+
+    def __init__(
+        self,
+        chunks: Sequence[ChunkMeta],
+        source: ChunkSource | ChunkFetcher,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        blob_digest: B3Digest | None = None,
+        verified_fetch: bool | object = _LEGACY,
+        fetch_sync: SyncChunkFetcher | object | None = _LEGACY,
+        timeout: float | object | None = _LEGACY,
+    ) -> None:
+        self._source = _as_source(source, verified_fetch, fetch_sync, timeout)
+        self._chunks = list(chunks)
+        self._offsets: list[int] = []
+        total = 0
+        for c in self._chunks:
+            self._offsets.append(total)
+            total += c.size
+        self._length = total
+        self._pos = 0
+        self._closed = False
+        self._prefetch = max(0, prefetch)
+        self._window = Window(self._chunks, self._source, self._prefetch)
+        # Whole-blob check: the window's hash takes the chunks in index order as they are
+        # fetched; its digest is checked by the read that returns the blob's last bytes,
+        # if every read so far continued where the previous one ended, starting at 0
+        # (_returned_to is where the bytes returned so far end).
+        self._blob_digest = blob_digest
+        if blob_digest is not None:
+            self._window.whole = BlobHash(len(self._chunks))
+        self._returned_to = 0
+        self._corrupt: DigestMismatchError | None = None
+
+    @classmethod
+    def from_service(
+        cls,
+        service: BlobService,
+        chunks: Sequence[ChunkMeta],
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        blob_digest: B3Digest | None = None,
+    ) -> ChunkedReader:
+        """Deprecated: ``ChunkedReader(chunks, ServiceChunkSource(service), ...)``."""
+        warnings.warn(
+            "ChunkedReader.from_service is deprecated: pass "
+            "castore.reader.ServiceChunkSource(service) as the source",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return cls(chunks, ServiceChunkSource(service), prefetch=prefetch, blob_digest=blob_digest)
+
+    @property
+    def source(self) -> ChunkSource:
+        """Where the chunks come from."""
+        return self._source
+
+    @property
+    def length(self) -> int:
+        """The blob's total size in bytes."""
+        return self._length
+
+    @property
+    def chunks(self) -> list[ChunkMeta]:
+        """The chunk list this reader walks."""
+        return list(self._chunks)
+
+    def offset_of(self, index: int) -> int:
+        """The byte offset at which chunk ``index`` starts."""
+        return self._offsets[index]
+
+    def tell(self) -> int:
+        return self._pos
+
+    async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = _seek_target(offset, whence, self._pos, self._length)
+        if target > self._length:
+            raise InvalidSeekError(f"seek to {target} past the end of a {self._length}-byte blob")
+        self._pos = target
+        return target
+
+    def _index(self, offset: int) -> int:
+        return bisect.bisect_right(self._offsets, offset) - 1
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._closed:
+            raise ValueError("read() on a closed reader")
+        if self._corrupt is not None:
+            raise self._corrupt
+        pos = self._pos
+        remaining = self._length - pos
+        if n < 0 or n > remaining:
+            n = remaining
+        if n <= 0:
+            return b""
+        first = self._index(pos)
+        last = self._index(pos + n - 1)
+        window = self._window
+        window.move(first, self._ahead(last, pos + n, n))
+        datas = await window.collect(first, last + 1)
+
+        whole = window.whole
+        if whole is not None and pos != self._returned_to:
+            # Not a continuation of an in-order read from 0: no whole-blob check.
+            whole.kill()
+            whole = window.whole = None
+
+        start = pos - self._offsets[first]
+        if first == last:
+            data = datas[0]
+            out = data if start == 0 and n == len(data) else data[start : start + n]
+        else:
+            end = pos + n - self._offsets[last]
+            if start:
+                datas[0] = datas[0][start:]
+            if end != len(datas[-1]):
+                datas[-1] = datas[-1][:end]
+            if n >= THRESHOLDS.join:
+                out = await asyncio.wrap_future(reader_pool().submit(b"".join, datas))
+            else:
+                out = b"".join(datas)
+        del datas
+
+        if whole is not None:
+            if pos + n == self._length:
+                await self._check_whole(whole)
+            self._returned_to = pos + n
+        self._pos = pos + n
+        # Forget the chunks the cursor has passed.
+        window.move(self._index(self._pos) if self._pos < self._length else len(self._chunks))
+        return out
+
+    async def _check_whole(self, whole: BlobHash) -> None:
+        assert self._blob_digest is not None
+        actual = await whole.digest()
+        self._window.whole = None
+        if actual != self._blob_digest.digest:
+            # The index does not list this blob's chunks: every later read fails too,
+            # rather than hand out any of these bytes unchecked.
+            self._corrupt = DigestMismatchError(
+                f"blob {self._blob_digest.hex()}: its chunks hash to {actual.hex()}"
+            )
+            raise self._corrupt
+
+    def _ahead(self, last: int, end: int, n: int) -> int:
+        """The window's end for a read of ``n`` bytes covering chunks up to ``last``."""
+        hi = last + 1
+        if self._prefetch:
+            window = self._window
+            ahead = hi + self._prefetch
+            if end < self._length:
+                ahead = max(ahead, self._index(min(end + n, self._length) - 1) + 1)
+            if window.lo <= last < window.hi:
+                ahead = max(ahead, window.hi)  # keep what is already ahead
+            hi = min(ahead, last + 1 + _MAX_AHEAD, len(self._chunks))
+        return hi
+
+    async def aclose(self) -> None:
+        self._closed = True
+        window = self._window
+        if window.whole is not None:
+            window.whole.kill()
+            window.whole = None
+        await window.aclose()
+
+
+def _as_source(
+    source: ChunkSource | ChunkFetcher, verified: object, fetch_sync: object, timeout: object
+) -> ChunkSource:
+    """The reader's source; a fetch function with the legacy keywords is wrapped."""
+    legacy = [
+        name
+        for name, value in (
+            ("verified_fetch", verified),
+            ("fetch_sync", fetch_sync),
+            ("timeout", timeout),
+        )
+        if value is not _LEGACY
+    ]
+    if isinstance(source, ChunkSource):
+        if legacy:
+            raise TypeError(
+                f"ChunkedReader: {', '.join(legacy)} apply to a fetch function, not to a "
+                "ChunkSource (which verifies its chunks and has its own read_timeout)"
+            )
+        return source
+    if legacy:
+        warnings.warn(
+            f"ChunkedReader: the keywords {', '.join(legacy)} are deprecated; implement "
+            "castore.reader.ChunkSource (fetch_chunk, fetch_chunk_sync, read_timeout)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    ok = verified is not _LEGACY and bool(verified)
+    if fetch_sync is _LEGACY or fetch_sync is None:
+        return FunctionChunkSource(source, verified=ok)
+    assert callable(fetch_sync)
+    limit = None if timeout is _LEGACY else timeout
+    assert limit is None or isinstance(limit, int | float)
+    return ThreadFunctionChunkSource(source, fetch_sync, verified=ok, timeout=limit)
