@@ -13,6 +13,8 @@ exception fits, the castore error inherits it too, so ``except FileNotFoundError
     ├── WriteAbortedError                           close() on a writer that was aborted
     ├── UnsupportedOperationError     (NotImplementedError)
     │                                               the backend or protocol cannot do it
+    ├── GcLeaseError                                another collector holds the lease, or
+    │                                               this one lost it (collect_garbage)
     ├── BlobNotFoundError             (FileNotFoundError)
     │                                               a blob or chunk vanished mid-read
     ├── DataCorruptionError                         stored bytes are not what they claim
@@ -24,7 +26,9 @@ exception fits, the castore error inherits it too, so ``except FileNotFoundError
         ├── MalformedMessageError                   a peer's protobuf message does not decode
         ├── StoreUnavailableError     (ConnectionError)
         ├── StoreTimeoutError         (TimeoutError)
-        └── StorePermissionError      (PermissionError)
+        ├── StorePermissionError      (PermissionError)
+        └── GcConflictError                         a write met a garbage collection it could
+                                                    not prove safe against; retry it
 
 Foreign exceptions (obstore, zstandard, protobuf, gRPC) are translated to this tree at
 the backend boundary; :func:`castore.errors.translate_store_error` is the one place that
@@ -41,6 +45,8 @@ __all__ = [
     "DecompressionBombError",
     "DecompressionError",
     "DigestMismatchError",
+    "GcConflictError",
+    "GcLeaseError",
     "InvalidAddressError",
     "InvalidDigestError",
     "InvalidSeekError",
@@ -99,6 +105,20 @@ class UnsupportedOperationError(CastoreError, NotImplementedError):
     tvix gRPC protocol, which has no such call). Retrying will not help."""
 
 
+class GcLeaseError(CastoreError):
+    """The garbage collector could not hold its lease: another collector holds it (then
+    ``holder`` names it and ``free_in`` says in how many seconds it may be taken over), or
+    this collector's lease ran out or was taken before it finished (it stopped before
+    deleting anything more; the next run resumes the sweep)."""
+
+    def __init__(
+        self, message: str, *, holder: str | None = None, free_in: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.holder = holder
+        self.free_in = free_in
+
+
 class BlobNotFoundError(CastoreError, FileNotFoundError):
     """A blob or chunk that should exist is missing (for example, mid-read)."""
 
@@ -143,6 +163,13 @@ class StoreTimeoutError(StoreError, TimeoutError):
 
 class StorePermissionError(StoreError, PermissionError):
     """The store refused the credentials or the operation."""
+
+
+class GcConflictError(StoreError):
+    """A blob write could not prove that the chunks it reuses survive a garbage
+    collection that is sweeping them: a chunk was deleted under it, or a sweep did not
+    finish in time. Nothing names a missing chunk; writing the blob again succeeds
+    (it uploads what is missing), which is why this is a transient ``StoreError``."""
 
 
 def translate_store_error(exc: BaseException, what: str) -> CastoreError:

@@ -27,6 +27,10 @@ from castore.objectstore._chunker import (
     MIN_AVG_CHUNK_SIZE,
 )
 from castore.objectstore._codec import decode_chunk, decode_index
+from castore.objectstore._gc import DEFAULT_GRACE, GcReport, collect_garbage
+from castore.objectstore._gc_mark import Progress
+from castore.objectstore._gc_state import DEFAULT_LEASE
+from castore.objectstore._gc_writer import GcWatch
 from castore.objectstore._layout import Layout
 from castore.objectstore._writer import PUT_THREADS_PER_CPU, ObjectStoreBlobWriter, PipelineConfig
 from castore.reader import ChunkedReader
@@ -121,6 +125,8 @@ class ObjectStoreBlobService(BlobService):
         self._pipeline = pipeline or PipelineConfig()
         self._pool: ThreadPoolExecutor | None = None
         self._put_pool: ThreadPoolExecutor | None = None
+        # The garbage collector's state as this service's writers see it.
+        self._gc_watch = GcWatch(self._adapter, self._layout, self._read_limit)
 
     def __repr__(self) -> str:
         return (
@@ -271,6 +277,49 @@ class ObjectStoreBlobService(BlobService):
             self._pool,
             self._pipeline,
             self._put_pool,
+            self._gc_watch,
+        )
+
+    # --- garbage collection ---------------------------------------------------------------
+
+    async def collect_garbage(
+        self,
+        *,
+        grace: float = DEFAULT_GRACE,
+        min_age: float | None = None,
+        dry_run: bool = False,
+        lease: float = DEFAULT_LEASE,
+        progress: Progress | None = None,
+    ) -> GcReport:
+        """Delete chunk objects that no blob index names, safely beside running writers.
+
+        One run sweeps the generation of chunks condemned by an earlier run at least
+        ``grace`` seconds ago (deleting those still unnamed and not rescued by a writer
+        since), and, if none is left pending, condemns a new generation: the chunks no
+        index names whose LastModified is older than ``min_age`` seconds (default: the
+        grace). So a chunk goes at the second run after it became garbage, ``grace``
+        apart: run this on a schedule (see ``docs/lifecycle.md``).
+
+        Every blob index is a root: delete blobs first (:meth:`delete`). Writers of this
+        library in any number of processes may write meanwhile; each one checks the
+        collector's state before it commits a blob and fails with the retryable
+        :class:`~castore.errors.GcConflictError` rather than name a deleted chunk. Rust
+        tvix/snix writers do not: do not collect while they write to the bucket.
+
+        One collector at a time holds a lease in the bucket (``lease`` seconds, renewed
+        as it goes); another run meanwhile raises :class:`~castore.errors.GcLeaseError`.
+        ``dry_run`` writes and deletes nothing and reports what a run would do (by the
+        local clock). ``progress(phase, done, total)`` is called as phases advance.
+        """
+        return await collect_garbage(
+            self._adapter,
+            self._layout,
+            self._read_limit,
+            grace=grace,
+            min_age=min_age,
+            dry_run=dry_run,
+            lease=lease,
+            progress=progress,
         )
 
     async def aclose(self) -> None:

@@ -57,6 +57,7 @@ from castore.blobservice import BlobWriter
 from castore.errors import CastoreError, WriteAbortedError, translate_store_error
 from castore.objectstore._chunker import StreamingChunker
 from castore.objectstore._codec import compressor, encode_index
+from castore.objectstore._gc_writer import GcWatch, commit_index
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -125,6 +126,7 @@ class _Blob:
         "adapter",
         "chunker",
         "digest",
+        "gc",
         "hasher",
         "layout",
         "put_pool",
@@ -138,9 +140,12 @@ class _Blob:
         avg_chunk_size: int,
         sync_put: bool,
         put_pool: ThreadPoolExecutor | None,
+        gc: GcWatch | None = None,
     ) -> None:
         self.adapter = adapter
         self.layout = layout
+        # The garbage collector's state as this service sees it (see _gc_writer).
+        self.gc = gc
         self.sync_put = sync_put
         # Where the workers hand their puts, if not storing chunks themselves.
         self.put_pool = put_pool if sync_put else None
@@ -385,6 +390,8 @@ async def _consume(
                 await uploads.add(key, frame)
 
     try:
+        # The collector's state before the first chunk put: the writer's starting view.
+        gc_start = None if blob.gc is None else await blob.gc.snapshot()
         pieces: list[Piece] = []
         gathered = 0
         async with receive:
@@ -408,10 +415,15 @@ async def _consume(
         digest = blob.digest
         index = await run_sized(len(digests), THRESHOLDS.encode_index, encode_index, digests, sizes)
         key = blob.layout.blob(digest)
-        try:
-            await blob.adapter.put_async(key, index)
-        except Exception as e:
-            raise translate_store_error(e, f"storing blob index {key}") from e
+
+        async def put_index() -> None:
+            try:
+                await blob.adapter.put_async(key, index)
+            except Exception as e:
+                raise translate_store_error(e, f"storing blob index {key}") from e
+
+        # Garbage collection may be sweeping chunks this blob reuses: clear them first.
+        await commit_index(blob.gc, gc_start, digests, key, put_index)
         return B3Digest(digest)
     except BaseException:
         blob.aborted = True
@@ -443,9 +455,10 @@ class ObjectStoreBlobWriter(BlobWriter):
         pool: ThreadPoolExecutor,
         cfg: PipelineConfig,
         put_pool: ThreadPoolExecutor | None = None,
+        gc: GcWatch | None = None,
     ) -> None:
         self._cfg = cfg
-        self._blob = _Blob(adapter, layout, avg_chunk_size, adapter.in_process, put_pool)
+        self._blob = _Blob(adapter, layout, avg_chunk_size, adapter.in_process, put_pool, gc)
         send, receive = anyio.create_memory_object_stream[Piece](cfg.stream_items)
         self._send: MemoryObjectSendStream[Piece] = send
         self._small = bytearray()
