@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import settings
 
 from castore import BlobService, MemoryBlobService
 from castore.testing.faults import Fault, FaultyBlobService, InjectedFault
-from castore.testing.statemachine import blob_service_machine
+from castore.testing.statemachine import BlobServiceMachine, blob_service_machine
 
 EXAMPLES = int(os.environ.get("CASTORE_STATEFUL_EXAMPLES", "15"))
 STATEFUL = settings(max_examples=EXAMPLES, stateful_step_count=15, deadline=None)
@@ -20,6 +21,22 @@ async def _memory() -> BlobService:
 
 TestMemoryMachine = blob_service_machine(_memory).TestCase
 TestMemoryMachine.settings = STATEFUL
+
+
+class SubclassedMemoryMachine(BlobServiceMachine):
+    """The machine used by subclassing, as a third-party backend's tests would."""
+
+    async def make_service(self) -> BlobService:
+        return MemoryBlobService()
+
+
+TestSubclassedMemoryMachine = SubclassedMemoryMachine.TestCase
+TestSubclassedMemoryMachine.settings = STATEFUL
+
+
+def test_the_base_machine_needs_a_service() -> None:
+    with pytest.raises(NotImplementedError, match="make_service"):
+        BlobServiceMachine()
 
 
 async def _faulty_memory() -> BlobService:
@@ -36,19 +53,26 @@ TestFaultyMemoryMachine = blob_service_machine(
 TestFaultyMemoryMachine.settings = STATEFUL
 
 
-def test_machine_catches_wrong_bytes() -> None:
-    """The machine is not vacuous: a service that flips bits in reads fails it."""
-    import pytest
-    from hypothesis.stateful import run_state_machine_as_test
+async def _lying() -> BlobService:
+    svc = FaultyBlobService(MemoryBlobService(), seed=3)
+    svc.plan("read", Fault.FLIP, rate=1.0)
+    return svc
 
-    async def lying() -> BlobService:
-        svc = FaultyBlobService(MemoryBlobService(), seed=3)
-        svc.plan("read", Fault.FLIP, rate=1.0)
-        return svc
+
+class LyingMachine(BlobServiceMachine):
+    async def make_service(self) -> BlobService:
+        return await _lying()
+
+
+@pytest.mark.parametrize("machine", [LyingMachine, blob_service_machine(_lying)])
+def test_machine_catches_wrong_bytes(machine: type[BlobServiceMachine]) -> None:
+    """The machine is not vacuous: a service that flips bits in reads fails it, whether the
+    machine is subclassed or built by blob_service_machine."""
+    from hypothesis.stateful import run_state_machine_as_test
 
     with pytest.raises(AssertionError):
         run_state_machine_as_test(
-            blob_service_machine(lying),
+            machine,
             settings=settings(
                 max_examples=20,
                 stateful_step_count=10,

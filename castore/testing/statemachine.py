@@ -7,11 +7,18 @@ one of ``allowed_errors``, and the machine checks what must still hold: an ackno
 blob is never lost, whatever the service claims to hold reads back exactly, and a failed
 or aborted write never leaves a blob with wrong bytes.
 
-Use it from a test module::
+Use it from a test module, by subclassing::
 
-    Machine = blob_service_machine(lambda: build_my_service())
-    TestMyMachine = Machine.TestCase
+    class MyMachine(BlobServiceMachine):
+        async def make_service(self) -> BlobService:
+            return build_my_service()
+
+    TestMyMachine = MyMachine.TestCase
     TestMyMachine.settings = settings(max_examples=30, stateful_step_count=20, deadline=None)
+
+or with :func:`blob_service_machine`, which builds that subclass from a function::
+
+    TestMyMachine = blob_service_machine(build_my_service_async).TestCase
 
 The machine runs the service on an event loop in a helper thread (anyio's blocking
 portal), so the Hypothesis test itself is synchronous.
@@ -21,7 +28,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -33,7 +40,7 @@ from castore.blobservice import BlobService
 from castore.errors import CastoreError
 from castore.memory import MemoryBlobService
 
-__all__ = ["blob_service_machine"]
+__all__ = ["BlobServiceMachine", "blob_service_machine"]
 
 # Blobs are built from a small pool of blocks so that different blobs share content
 # (and so chunks), which exercises deduplication.
@@ -54,193 +61,219 @@ _ops = st.lists(
 )
 
 
+class BlobServiceMachine(RuleBasedStateMachine):
+    """Checks the service :meth:`make_service` builds against :class:`~castore.MemoryBlobService`.
+
+    Subclass it and define :meth:`make_service` (and :attr:`allowed_errors` where faults
+    are expected), or let :func:`blob_service_machine` do that; ``.TestCase`` is the test.
+    """
+
+    #: Exceptions the service may raise (for example when it wraps a fault-injecting
+    #: store); any other exception fails the test.
+    allowed_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    blobs = Bundle("blobs")
+
+    async def make_service(self) -> BlobService:
+        """The service under test; runs on the machine's event loop, once per example."""
+        raise NotImplementedError("define make_service, or use blob_service_machine()")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._portal_cm = start_blocking_portal()
+        self.portal: BlockingPortal = self._portal_cm.__enter__()
+        try:
+            self.sut: BlobService = self.portal.call(self.make_service)
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+        self.model = MemoryBlobService()
+        self.acked: dict[B3Digest, bytes] = {}
+        self.failed: dict[B3Digest, bytes] = {}
+
+    def teardown(self) -> None:
+        try:
+            self.portal.call(self.sut.aclose)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+
+    def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        return self.portal.call(fn, *args)
+
+    def tolerated(self, exc: BaseException) -> bool:
+        return bool(self.allowed_errors) and isinstance(exc, self.allowed_errors)
+
+    @initialize()
+    def start(self) -> None:
+        try:
+            assert self.run(self.sut.has, B3Digest.of(b"never")) is False
+        except CastoreError as e:
+            if not self.tolerated(e):
+                raise
+
+    async def _write(self, data: bytes, piece: int) -> B3Digest:
+        writer = await self.sut.open_write()
+        view = memoryview(data)
+        for i in range(0, len(data), piece):
+            await writer.write(view[i : i + piece])
+        return await writer.close()
+
+    @rule(target=blobs, layout=_layouts, piece=_pieces)
+    def write(self, layout: list[tuple[int, int]], piece: int) -> B3Digest:
+        data = _blob(layout)
+        want: B3Digest = self.run(self.model.put, data)
+        try:
+            got: B3Digest = self.run(self._write, data, piece)
+        except CastoreError as e:
+            if not self.tolerated(e):
+                raise
+            self.failed[want] = data
+            return want
+        assert got == want
+        self.acked[want] = data
+        return want
+
+    @rule(target=blobs, layouts=st.lists(_layouts, min_size=2, max_size=4), piece=_pieces)
+    def write_concurrently(self, layouts: list[list[tuple[int, int]]], piece: int) -> B3Digest:
+        datas = [_blob(lay) for lay in layouts]
+        results: list[B3Digest | BaseException] = [B3Digest.of(b"")] * len(datas)
+
+        async def one(i: int) -> None:
+            try:
+                results[i] = await self._write(datas[i], piece)
+            except CastoreError as e:
+                results[i] = e
+
+        async def all_of() -> None:
+            async with anyio.create_task_group() as tg:
+                for i in range(len(datas)):
+                    tg.start_soon(one, i)
+
+        self.run(all_of)
+        for data, res in zip(datas, results, strict=True):
+            want = B3Digest.of(data)
+            if isinstance(res, BaseException):
+                if not self.tolerated(res):
+                    raise res
+                self.failed[want] = data
+            else:
+                assert res == want
+                self.acked[want] = data
+                self.run(self.model.put, data)
+        return B3Digest.of(datas[0])
+
+    @rule(layout=_layouts, piece=_pieces, cut=st.floats(0, 1))
+    def aborted_write(self, layout: list[tuple[int, int]], piece: int, cut: float) -> None:
+        data = _blob(layout) + b"castore: aborted"
+        digest = B3Digest.of(data)
+
+        async def go() -> None:
+            writer = await self.sut.open_write()
+            upto = int(len(data) * cut)
+            for i in range(0, upto, piece):
+                await writer.write(data[i : min(upto, i + piece)])
+            await writer.abort()
+
+        try:
+            self.run(go)
+            if digest not in self.acked:
+                assert self.run(self.sut.has, digest) is False
+        except CastoreError as e:
+            if not self.tolerated(e):
+                raise
+
+    @rule(digest=blobs, ops=_ops)
+    def read(self, digest: B3Digest, ops: list[tuple[str, int]]) -> None:
+        data = self.acked.get(digest)
+        if data is None:
+            return
+
+        async def go() -> None:
+            reader = await self.sut.open_read(digest)
+            assert reader is not None, "an acknowledged blob is missing"
+            pos = 0
+            async with reader:
+                for kind, arg in ops:
+                    if kind == "read":
+                        got = await reader.read(arg)
+                        want = data[pos:] if arg < 0 else data[pos : pos + arg]
+                        assert got == want
+                        pos += len(got)
+                        continue
+                    whence = int(kind[-1])
+                    target = [arg, pos + arg, len(data) + arg][whence]
+                    if 0 <= target <= len(data):
+                        assert await reader.seek(arg, whence) == target
+                        pos = target
+                    elif target < 0:
+                        try:
+                            await reader.seek(arg, whence)
+                        except ValueError:
+                            continue
+                        raise AssertionError("a negative seek did not raise")
+                await reader.seek(0)
+                assert await reader.read() == data
+
+        try:
+            self.run(go)
+        except CastoreError as e:
+            if not self.tolerated(e) or isinstance(e, ValueError):
+                raise
+
+    @rule(digest=blobs)
+    def has_and_chunks(self, digest: B3Digest) -> None:
+        try:
+            present = self.run(self.sut.has, digest)
+            chunks = self.run(self.sut.chunks, digest)
+        except CastoreError as e:
+            if not self.tolerated(e):
+                raise
+            return
+        if digest in self.acked:
+            assert present, "an acknowledged blob is not there"
+            assert chunks is not None
+            if chunks:
+                assert sum(c.size for c in chunks) == len(self.acked[digest])
+        elif not present:
+            assert chunks is None
+
+    @rule(digest=blobs)
+    def failed_writes_leave_nothing_wrong(self, digest: B3Digest) -> None:
+        data = self.failed.get(digest)
+        if data is None or digest in self.acked:
+            return
+        try:
+            if self.run(self.sut.has, digest):
+                # A write that failed late may have stored the blob whole; then it
+                # must read back exactly.
+                got = self.run(self.sut.get, digest)
+                assert got == data
+        except CastoreError as e:
+            if not self.tolerated(e):
+                raise
+
+    @invariant()
+    def model_agrees(self) -> None:
+        assert len(self.model) >= len(self.acked)
+
+
 def blob_service_machine(
     make_service: Callable[[], Awaitable[BlobService]],
     *,
     allowed_errors: tuple[type[BaseException], ...] = (),
-) -> type[RuleBasedStateMachine]:
-    """A state machine class testing the services ``make_service`` builds.
+) -> type[BlobServiceMachine]:
+    """A :class:`BlobServiceMachine` subclass testing the services ``make_service`` builds.
 
     ``make_service`` runs on the machine's event loop, once per Hypothesis example.
     ``allowed_errors`` are exceptions the service may raise (for example when it wraps
     a fault-injecting store); any other exception fails the test.
     """
 
-    class BlobServiceMachine(RuleBasedStateMachine):
-        blobs = Bundle("blobs")
+    async def make(self: BlobServiceMachine) -> BlobService:
+        return await make_service()
 
-        def __init__(self) -> None:
-            super().__init__()
-            self._portal_cm = start_blocking_portal()
-            self.portal: BlockingPortal = self._portal_cm.__enter__()
-            self.sut: BlobService = self.portal.call(make_service)
-            self.model = MemoryBlobService()
-            self.acked: dict[B3Digest, bytes] = {}
-            self.failed: dict[B3Digest, bytes] = {}
-
-        def teardown(self) -> None:
-            try:
-                self.portal.call(self.sut.aclose)
-            finally:
-                self._portal_cm.__exit__(None, None, None)
-
-        def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-            return self.portal.call(fn, *args)
-
-        def tolerated(self, exc: BaseException) -> bool:
-            return bool(allowed_errors) and isinstance(exc, allowed_errors)
-
-        @initialize()
-        def start(self) -> None:
-            try:
-                assert self.run(self.sut.has, B3Digest.of(b"never")) is False
-            except CastoreError as e:
-                if not self.tolerated(e):
-                    raise
-
-        async def _write(self, data: bytes, piece: int) -> B3Digest:
-            writer = await self.sut.open_write()
-            view = memoryview(data)
-            for i in range(0, len(data), piece):
-                await writer.write(view[i : i + piece])
-            return await writer.close()
-
-        @rule(target=blobs, layout=_layouts, piece=_pieces)
-        def write(self, layout: list[tuple[int, int]], piece: int) -> B3Digest:
-            data = _blob(layout)
-            want: B3Digest = self.run(self.model.put, data)
-            try:
-                got: B3Digest = self.run(self._write, data, piece)
-            except CastoreError as e:
-                if not self.tolerated(e):
-                    raise
-                self.failed[want] = data
-                return want
-            assert got == want
-            self.acked[want] = data
-            return want
-
-        @rule(target=blobs, layouts=st.lists(_layouts, min_size=2, max_size=4), piece=_pieces)
-        def write_concurrently(self, layouts: list[list[tuple[int, int]]], piece: int) -> B3Digest:
-            datas = [_blob(lay) for lay in layouts]
-            results: list[B3Digest | BaseException] = [B3Digest.of(b"")] * len(datas)
-
-            async def one(i: int) -> None:
-                try:
-                    results[i] = await self._write(datas[i], piece)
-                except CastoreError as e:
-                    results[i] = e
-
-            async def all_of() -> None:
-                async with anyio.create_task_group() as tg:
-                    for i in range(len(datas)):
-                        tg.start_soon(one, i)
-
-            self.run(all_of)
-            for data, res in zip(datas, results, strict=True):
-                want = B3Digest.of(data)
-                if isinstance(res, BaseException):
-                    if not self.tolerated(res):
-                        raise res
-                    self.failed[want] = data
-                else:
-                    assert res == want
-                    self.acked[want] = data
-                    self.run(self.model.put, data)
-            return B3Digest.of(datas[0])
-
-        @rule(layout=_layouts, piece=_pieces, cut=st.floats(0, 1))
-        def aborted_write(self, layout: list[tuple[int, int]], piece: int, cut: float) -> None:
-            data = _blob(layout) + b"castore: aborted"
-            digest = B3Digest.of(data)
-
-            async def go() -> None:
-                writer = await self.sut.open_write()
-                upto = int(len(data) * cut)
-                for i in range(0, upto, piece):
-                    await writer.write(data[i : min(upto, i + piece)])
-                await writer.abort()
-
-            try:
-                self.run(go)
-                if digest not in self.acked:
-                    assert self.run(self.sut.has, digest) is False
-            except CastoreError as e:
-                if not self.tolerated(e):
-                    raise
-
-        @rule(digest=blobs, ops=_ops)
-        def read(self, digest: B3Digest, ops: list[tuple[str, int]]) -> None:
-            data = self.acked.get(digest)
-            if data is None:
-                return
-
-            async def go() -> None:
-                reader = await self.sut.open_read(digest)
-                assert reader is not None, "an acknowledged blob is missing"
-                pos = 0
-                async with reader:
-                    for kind, arg in ops:
-                        if kind == "read":
-                            got = await reader.read(arg)
-                            want = data[pos:] if arg < 0 else data[pos : pos + arg]
-                            assert got == want
-                            pos += len(got)
-                            continue
-                        whence = int(kind[-1])
-                        target = [arg, pos + arg, len(data) + arg][whence]
-                        if 0 <= target <= len(data):
-                            assert await reader.seek(arg, whence) == target
-                            pos = target
-                        elif target < 0:
-                            try:
-                                await reader.seek(arg, whence)
-                            except ValueError:
-                                continue
-                            raise AssertionError("a negative seek did not raise")
-                    await reader.seek(0)
-                    assert await reader.read() == data
-
-            try:
-                self.run(go)
-            except CastoreError as e:
-                if not self.tolerated(e) or isinstance(e, ValueError):
-                    raise
-
-        @rule(digest=blobs)
-        def has_and_chunks(self, digest: B3Digest) -> None:
-            try:
-                present = self.run(self.sut.has, digest)
-                chunks = self.run(self.sut.chunks, digest)
-            except CastoreError as e:
-                if not self.tolerated(e):
-                    raise
-                return
-            if digest in self.acked:
-                assert present, "an acknowledged blob is not there"
-                assert chunks is not None
-                if chunks:
-                    assert sum(c.size for c in chunks) == len(self.acked[digest])
-            elif not present:
-                assert chunks is None
-
-        @rule(digest=blobs)
-        def failed_writes_leave_nothing_wrong(self, digest: B3Digest) -> None:
-            data = self.failed.get(digest)
-            if data is None or digest in self.acked:
-                return
-            try:
-                if self.run(self.sut.has, digest):
-                    # A write that failed late may have stored the blob whole; then it
-                    # must read back exactly.
-                    got = self.run(self.sut.get, digest)
-                    assert got == data
-            except CastoreError as e:
-                if not self.tolerated(e):
-                    raise
-
-        @invariant()
-        def model_agrees(self) -> None:
-            assert len(self.model) >= len(self.acked)
-
-    return BlobServiceMachine
+    return type(
+        "BlobServiceMachine",
+        (BlobServiceMachine,),
+        {"make_service": make, "allowed_errors": allowed_errors},
+    )
