@@ -54,6 +54,7 @@ from castore.errors import (
     StoreError,
 )
 from castore.reader import DEFAULT_PREFETCH, ChunkedReader, read_chunk
+from castore.registry import boolean, integer, register_type
 
 __all__ = ["CombinedBlobService"]
 
@@ -393,3 +394,11 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
         else:
             out.append(e)
     return out
+
+
+register_type(
+    "combined",
+    CombinedBlobService,
+    references=("near", "far"),
+    options={"write_through": boolean(), "prefetch": integer()},
+)

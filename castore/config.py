@@ -23,23 +23,12 @@ twice is built once and shared. A local cache in front of a gRPC server::
     type = "grpc"
     url = "grpc+http://127.0.0.1:8000"
 
-Types and their keys (``*`` marks a required key):
-
-================  ==================================================================
-``memory``        (none)
-``objectstore``   ``url``\\* (``objectstore+…``), ``options`` (a table, added to the
-                  URL's query: ``endpoint``, ``region``, ``allow_http``…)
-``grpc``          ``url``\\* (``grpc+http://``, ``grpc+https://``, ``grpc+unix://``),
-                  ``options``
-``combined``      ``near``\\*, ``far``\\*, ``write_through`` (false), ``prefetch``
-``retry``         ``inner``\\*, ``max_attempts``, ``base_delay``, ``max_delay``,
-                  ``deadline`` (seconds, or false for none), ``attempt_timeout``
-``cache``         ``inner``\\*, ``max_bytes``, ``max_item_bytes`` (integers or sizes
-                  such as ``"64 MiB"``), ``prefetch``
-``stats``         ``inner``\\*
-``logging``       ``inner``\\*, ``logger``, ``level``, ``error_level`` (``"DEBUG"``,
-                  ``"INFO"``…), ``name`` (defaults to the instance's name)
-================  ==================================================================
+The types and their keys come from :mod:`castore.registry`, where each backend and
+wrapper registers itself: ``memory``; ``objectstore`` and ``grpc`` (``url``, and
+``options``: a table added to the URL's query); ``combined`` (``near``, ``far``, …);
+``retry``, ``cache``, ``stats`` and ``logging`` (``inner``, …). A key left out is left
+out of the constructor's call, so the constructor's default applies. The docs' page on
+composition lists every key with its default.
 
 An instance with only ``url = "…"`` (and ``options``) and no ``type`` (or ``type =
 "url"``) is whatever
@@ -53,96 +42,77 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from castore.blobservice import BlobService
 from castore.errors import ConfigError, InvalidAddressError
-from castore.registry import from_addr
+from castore.registry import ServiceType, service_types
 
 __all__ = ["Composition", "load", "loads", "parse"]
 
 DEFAULT_NAME = "root"
 
-#: Keys every type accepts besides ``type``: its required and optional keys.
-_SCHEMA: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "memory": (frozenset(), frozenset()),
-    "objectstore": (frozenset({"url"}), frozenset({"options"})),
-    "grpc": (frozenset({"url"}), frozenset({"options"})),
-    "url": (frozenset({"url"}), frozenset({"options"})),
-    "combined": (frozenset({"near", "far"}), frozenset({"write_through", "prefetch"})),
-    "retry": (
-        frozenset({"inner"}),
-        frozenset({"max_attempts", "base_delay", "max_delay", "deadline", "attempt_timeout"}),
-    ),
-    "cache": (frozenset({"inner"}), frozenset({"max_bytes", "max_item_bytes", "prefetch"})),
-    "stats": (frozenset({"inner"}), frozenset()),
-    "logging": (frozenset({"inner"}), frozenset({"logger", "level", "error_level", "name"})),
-}
-#: Keys that name other instances.
-_REFERENCES = ("near", "far", "inner")
-#: Which URL schemes each URL-taking type accepts.
-_SCHEME_PREFIX = {"objectstore": "objectstore+", "grpc": "grpc+"}
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1 << 10,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1 << 20,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1 << 30,
-}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
 
 class _Entry:
     """One validated ``[blobservices.<name>]`` table."""
 
-    def __init__(self, composition: Composition, name: str, table: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        composition: Composition,
+        name: str,
+        table: Mapping[str, Any],
+        types: Mapping[str, ServiceType],
+    ) -> None:
         self.composition = composition
         self.name = name
         self.table = table
-        self.type = self._type()
-        required, optional = _SCHEMA[self.type]
-        allowed = required | optional | {"type"}
+        self.type = self._type(types)
+        required, optional = self.type.required, self.type.optional
+        allowed = {*required, *optional, "type"}
         for key in table:
             if key not in allowed:
                 raise self.error(
                     key,
-                    f"unknown key for type {self.type!r}; accepted: "
-                    + ", ".join(sorted(required | optional) or ["(none)"]),
+                    f"unknown key for type {self.type.name!r}; accepted: "
+                    + ", ".join(sorted({*required, *optional}) or ["(none)"]),
                 )
-        for key in sorted(required):
+        for key in required:
             if key not in table:
-                raise self.error(key, f"missing; type {self.type!r} needs it")
-        self.refs = {k: self.string(k) for k in _REFERENCES if k in table}
+                raise self.error(key, f"missing; type {self.type.name!r} needs it")
+        self.refs = {k: self.string(k) for k in self.type.references}
+        # Parsed now, so that a bad value fails before anything is built.
+        self.kwargs: dict[str, object] = {}
+        for key, option in self.type.options.items():
+            if key in table:
+                try:
+                    self.kwargs[key] = option.parse(table[key])
+                except ValueError as e:
+                    raise self.error(key, str(e)) from e
+            elif option.fallback == "instance name":
+                self.kwargs[key] = name
+        self.url = self._url() if self.type.url_prefix is not None else None
 
-    def _type(self) -> str:
+    def _type(self, types: Mapping[str, ServiceType]) -> ServiceType:
         raw = self.table.get("type")
         if raw is None:
             if "url" in self.table:
-                return "url"
+                return types["url"]
             raise self.error(
                 "type",
                 "missing; give type = one of "
-                + ", ".join(repr(t) for t in _SCHEMA if t != "url")
+                + ", ".join(repr(t) for t in types if t != "url")
                 + ", or url = '…' for any from_addr URL",
             )
-        if not isinstance(raw, str) or raw not in _SCHEMA:
+        if not isinstance(raw, str) or raw not in types:
             raise self.error(
                 "type",
-                f"unknown type {raw!r}; one of " + ", ".join(repr(t) for t in _SCHEMA),
+                f"unknown type {raw!r}; one of " + ", ".join(repr(t) for t in types),
             )
-        return raw
+        return types[raw]
 
     def error(self, key: str | None, why: str) -> ConfigError:
         where = f"blobservices.{self.name}" + ("" if key is None else f".{key}")
@@ -150,73 +120,17 @@ class _Entry:
             f"{self.composition.source}: {where}: {why}", instance=self.name, key=key
         )
 
-    # --- typed getters ---------------------------------------------------------------
-
     def string(self, key: str) -> str:
         value = self.table[key]
         if not isinstance(value, str) or not value:
             raise self.error(key, f"expected a non-empty string, got {value!r}")
         return value
 
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.table.get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {value!r}")
-        return value
-
-    def integer(self, key: str, default: int, minimum: int = 0) -> int:
-        value = self.table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, f"expected an integer, got {value!r}")
-        if value < minimum:
-            raise self.error(key, f"must be at least {minimum}, got {value}")
-        return value
-
-    def seconds(self, key: str, default: float | None) -> float | None:
-        """Seconds as an integer or float; ``false`` means "no limit"."""
-        value = self.table.get(key, default)
-        if value is None or value is False:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(key, f"expected seconds (a number) or false, got {value!r}")
-        if value < 0:
-            raise self.error(key, f"must not be negative, got {value}")
-        return float(value)
-
-    def size(self, key: str) -> int | None:
-        """Bytes as an integer or a string such as ``"64 MiB"``; ``None`` when absent."""
-        if key not in self.table:
-            return None
-        value = self.table[key]
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        elif isinstance(value, str) and (m := _SIZE.match(value)):
-            unit = _UNITS.get(m.group(2).lower())
-            if unit is None:
-                raise self.error(
-                    key, f"unknown unit {m.group(2)!r}; use B, KB, KiB, MB, MiB, GB or GiB"
-                )
-            number = int(float(m.group(1)) * unit)
-        else:
-            raise self.error(key, f"expected bytes (an integer or '64 MiB'), got {value!r}")
-        if number < 0:
-            raise self.error(key, f"must not be negative, got {value!r}")
-        return number
-
-    def level(self, key: str, default: str) -> str | int:
-        value = self.table.get(key, default)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        names = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-        if not isinstance(value, str) or value.upper() not in names:
-            raise self.error(key, f"expected one of {', '.join(names)}, got {value!r}")
-        return value.upper()
-
-    def url(self) -> str:
+    def _url(self) -> str:
         url = self.string("url")
-        prefix = _SCHEME_PREFIX.get(self.type)
-        if prefix is not None and not url.lower().startswith(prefix):
-            raise self.error("url", f"type {self.type!r} needs a {prefix}… URL, got {url!r}")
+        prefix = self.type.url_prefix
+        if prefix and not url.lower().startswith(prefix):
+            raise self.error("url", f"type {self.type.name!r} needs a {prefix}… URL, got {url!r}")
         options = self.table.get("options")
         if options is None:
             return url
@@ -234,92 +148,17 @@ class _Entry:
             return url
         return url + ("&" if "?" in url else "?") + urlencode(pairs)
 
-
-def _build_memory(e: _Entry, ref: Callable[[str], BlobService]) -> BlobService:
-    from castore.memory import MemoryBlobService
-
-    return MemoryBlobService()
-
-
-def _build_url(e: _Entry, ref: Callable[[str], BlobService]) -> BlobService:
-    url = e.url()
-    try:
-        return from_addr(url)
-    except ConfigError:
-        raise
-    except InvalidAddressError as err:
-        raise e.error("url", str(err)) from err
-
-
-def _build_combined(e: _Entry, ref: Callable[[str], BlobService]) -> BlobService:
-    from castore.combined import CombinedBlobService
-    from castore.reader import DEFAULT_PREFETCH
-
-    return CombinedBlobService(
-        ref("near"),
-        ref("far"),
-        write_through=e.boolean("write_through", False),
-        prefetch=e.integer("prefetch", DEFAULT_PREFETCH),
-    )
-
-
-def _build_retry(e: _Entry, ref: Callable[[str], BlobService]) -> BlobService:
-    from castore.wrappers.retry import RetryBlobService
-
-    base_delay = e.seconds("base_delay", 0.05)
-    max_delay = e.seconds("max_delay", 2.0)
-    return RetryBlobService(
-        ref("inner"),
-        max_attempts=e.integer("max_attempts", 5, minimum=1),
-        base_delay=0.0 if base_delay is None else base_delay,
-        max_delay=0.0 if max_delay is None else max_delay,
-        deadline=e.seconds("deadline", 30.0),
-        attempt_timeout=e.seconds("attempt_timeout", None),
-    )
-
-
-def _build_cache(e: _Entry, ref: Callable[[str], BlobService]) -> BlobService:
-    from castore.reader import DEFAULT_PREFETCH
-    from castore.wrappers.cache import DEFAULT_MAX_BYTES, CachingBlobService
-
-    max_bytes = e.size("max_bytes")
-    return CachingBlobService(
-        ref("inner"),
-        max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
-        max_item_bytes=e.size("max_item_bytes"),
-        prefetch=e.integer("prefetch", DEFAULT_PREFETCH),
-    )
-
-
-def _build_stats(e: _Entry, ref: Callable[[str], BlobService]) -> BlobService:
-    from castore.wrappers.stats import StatsBlobService
-
-    return StatsBlobService(ref("inner"))
-
-
-def _build_logging(e: _Entry, ref: Callable[[str], BlobService]) -> BlobService:
-    from castore.wrappers.logging import DEFAULT_LOGGER, LoggingBlobService
-
-    return LoggingBlobService(
-        ref("inner"),
-        logger=e.string("logger") if "logger" in e.table else DEFAULT_LOGGER,
-        level=e.level("level", "DEBUG"),
-        error_level=e.level("error_level", "WARNING"),
-        name=e.string("name") if "name" in e.table else e.name,
-    )
-
-
-_BUILDERS: dict[str, Callable[[_Entry, Callable[[str], BlobService]], BlobService]] = {
-    "memory": _build_memory,
-    "objectstore": _build_url,
-    "grpc": _build_url,
-    "url": _build_url,
-    "combined": _build_combined,
-    "retry": _build_retry,
-    "cache": _build_cache,
-    "stats": _build_stats,
-    "logging": _build_logging,
-}
+    def build(self, refs: Mapping[str, BlobService]) -> BlobService:
+        """The instance, from the instances its references name (already built)."""
+        if self.url is not None:
+            try:
+                return self.type.build(self.url)
+            except ConfigError:
+                raise
+            except InvalidAddressError as err:
+                raise self.error("url", str(err)) from err
+        args = [refs[k] for k in self.type.references]
+        return self.type.build(*args, **self.kwargs)
 
 
 class Composition:
@@ -346,13 +185,14 @@ class Composition:
                 key="blobservices",
             )
         self._entries: dict[str, _Entry] = {}
+        types = service_types()
         for name, table in services.items():
             if not isinstance(table, Mapping):
                 raise ConfigError(
                     f"{source}: blobservices.{name}: expected a table, got {table!r}",
                     instance=name,
                 )
-            self._entries[name] = _Entry(self, name, table)
+            self._entries[name] = _Entry(self, name, table, types)
         for entry in self._entries.values():
             for key, target in entry.refs.items():
                 if target not in self._entries:
@@ -409,12 +249,9 @@ class Composition:
         if service is not None:
             return service
         entry = self._entries[name]
-
-        def ref(key: str) -> BlobService:
-            return self._build(entry.refs[key])
-
+        refs = {key: self._build(target) for key, target in entry.refs.items()}
         try:
-            service = _BUILDERS[entry.type](entry, ref)
+            service = entry.build(refs)
         except ConfigError:
             raise
         except ValueError as err:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from urllib.parse import SplitResult
+
 import anyio.lowlevel
 import anyio.to_thread
 import blake3
 
 from castore._digest import B3Digest
 from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader
+from castore.errors import InvalidAddressError
+from castore.registry import register_scheme, register_type
 
 __all__ = ["MemoryBlobService"]
 
@@ -62,3 +66,15 @@ class _MemoryWriter(BlobWriter):
 
     async def _abort(self) -> None:
         self._parts = []
+
+
+def _from_url(parts: SplitResult) -> BlobService:
+    if parts.netloc or parts.path or parts.query or parts.fragment:
+        raise InvalidAddressError(
+            f"memory:// takes no host, path or options, got {parts.geturl()!r}; use 'memory://'"
+        )
+    return MemoryBlobService()
+
+
+register_scheme("memory", _from_url)
+register_type("memory", MemoryBlobService)

@@ -358,7 +358,7 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path, env: dict[str, str]) ->
 def shared_memory(monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryBlobService]:
     """One MemoryBlobService behind ``clitest://``, shared by several ``main()`` calls."""
     service = MemoryBlobService()
-    monkeypatch.setitem(registry._REGISTRY, "clitest", lambda parts: service)
+    monkeypatch.setitem(registry._SCHEMES, "clitest", lambda parts: service)
     monkeypatch.delenv("CASTORE_STORE", raising=False)
     yield service
 

@@ -405,3 +405,131 @@ async def test_serve_config(tmp_path: Path) -> None:
             assert await proc.wait() == 0
     async with castore.from_addr(backing) as disk:
         assert await disk.has(BLOB_B_DIGEST)
+
+
+# --- the registry: types come from the packages, defaults from the constructors ---------
+
+
+def test_every_type_is_registered_by_its_package() -> None:
+    from castore.registry import service_types
+
+    types = service_types()
+    assert set(types) >= {
+        "memory",
+        "objectstore",
+        "grpc",
+        "url",
+        "combined",
+        "retry",
+        "cache",
+        "stats",
+        "logging",
+    }
+    assert types["objectstore"].url_prefix == "objectstore+"
+    assert types["grpc"].url_prefix == "grpc+"
+    assert types["combined"].references == ("near", "far")
+
+
+def test_defaults_are_the_constructors() -> None:
+    import inspect
+
+    from castore.registry import service_types
+
+    for t in service_types().values():
+        if t.url_prefix is not None:
+            continue
+        params = inspect.signature(t.build).parameters
+        assert t.defaults == {k: params[k].default for k in t.options}
+    retry = service_types()["retry"].defaults
+    assert retry["max_attempts"] == 5 and retry["deadline"] == 30.0
+
+
+def test_a_key_left_out_takes_the_constructors_default() -> None:
+    root = loads(
+        '[blobservices.root]\ntype = "retry"\ninner = "m"\n[blobservices.m]\ntype = "memory"\n'
+    )
+    assert isinstance(root, RetryBlobService)
+    plain = RetryBlobService(MemoryBlobService())
+    for attr in ("max_attempts", "base_delay", "max_delay", "deadline", "attempt_timeout"):
+        assert getattr(root, attr) == getattr(plain, attr), attr
+    logged = loads(
+        '[blobservices.lg]\ntype = "logging"\ninner = "m"\n[blobservices.m]\ntype = "memory"\n',
+        "lg",
+    )
+    assert isinstance(logged, LoggingBlobService) and logged._name == "lg"
+
+
+def test_a_third_party_wrapper_registers_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    from castore import registry
+    from castore.wrappers import WrapperBlobService
+
+    monkeypatch.setattr(registry, "_TYPES", dict(registry._TYPES))
+
+    class Tagged(WrapperBlobService):
+        def __init__(self, inner: BlobService, *, tag: str = "plain", weight: int = 3) -> None:
+            super().__init__(inner)
+            self.tag = tag
+            self.weight = weight
+
+    registry.register_type(
+        "tagged",
+        Tagged,
+        references=("inner",),
+        options={"tag": registry.text(), "weight": registry.integer(minimum=1)},
+    )
+    assert registry.service_types()["tagged"].defaults == {"tag": "plain", "weight": 3}
+    base = '[blobservices.root]\ntype = "tagged"\ninner = "m"\n'
+    base_m = '[blobservices.m]\ntype = "memory"\n'
+    built = loads(base + 'tag = "blue"\n' + base_m)
+    assert isinstance(built, Tagged) and (built.tag, built.weight) == ("blue", 3)
+    assert isinstance(built.inner, MemoryBlobService)
+    with pytest.raises(ConfigError, match="weight: must be at least 1"):
+        loads(base + "weight = 0\n" + base_m)
+    with pytest.raises(ConfigError, match="accepted: inner, tag, weight"):
+        loads(base + "colour = 1\n" + base_m)
+
+
+def test_a_registration_that_does_not_fit_the_constructor_fails_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from castore import registry
+
+    monkeypatch.setattr(registry, "_TYPES", dict(registry._TYPES))
+    with pytest.raises(TypeError, match="no parameter 'max_attempt'"):
+        registry.register_type("r2", RetryBlobService, options={"max_attempt": registry.integer()})
+    with pytest.raises(TypeError, match=r"option .inner. .* has no default"):
+        registry.register_type("r3", RetryBlobService, options={"inner": registry.text()})
+
+
+def test_a_scheme_family_is_a_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    from castore import registry
+
+    monkeypatch.setattr(registry, "_SCHEMES", dict(registry._SCHEMES))
+    made: list[str] = []
+
+    def factory(parts: object) -> BlobService:
+        made.append(str(parts))
+        return MemoryBlobService()
+
+    registry.register_scheme("thing+mem", factory)
+    built = loads('[blobservices.root]\ntype = "thing"\nurl = "thing+mem://x"\n')
+    assert isinstance(built, MemoryBlobService) and len(made) == 1
+    with pytest.raises(ConfigError, match="needs a thing\\+… URL"):
+        loads('[blobservices.root]\ntype = "thing"\nurl = "memory://"\n')
+
+
+def test_the_docs_list_every_type_and_key() -> None:
+    from castore.registry import service_types
+
+    doc = (Path(__file__).parent.parent / "docs" / "composition.md").read_text()
+    rows = {
+        line.split("|")[1].strip().strip("`"): line
+        for line in doc.splitlines()
+        if line.startswith("| `")
+    }
+    for name, t in service_types().items():
+        if name == "url":
+            continue
+        assert name in rows, name
+        for key in (*t.required, *t.optional):
+            assert f"`{key}`" in rows[name], (name, key)

@@ -29,6 +29,7 @@ from castore._threads import THRESHOLDS, run_sized
 from castore.blobservice import BlobReader, BlobService, BytesReader
 from castore.errors import BlobNotFoundError, DigestMismatchError
 from castore.reader import DEFAULT_PREFETCH, ChunkedReader, read_chunk
+from castore.registry import integer, register_type, size
 from castore.wrappers.base import WrapperBlobReader, WrapperBlobService
 
 __all__ = ["CacheStatistics", "CachingBlobService"]
@@ -237,3 +238,11 @@ class _FillingReader(WrapperBlobReader):
 
     async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         return await self._inner.seek(offset, whence)
+
+
+register_type(
+    "cache",
+    CachingBlobService,
+    references=("inner",),
+    options={"max_bytes": size(), "max_item_bytes": size(), "prefetch": integer()},
+)

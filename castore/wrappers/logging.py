@@ -27,6 +27,7 @@ from typing import Any
 
 from castore._digest import B3Digest, ChunkMeta
 from castore.blobservice import BlobReader, BlobService, BlobWriter
+from castore.registry import level, register_type, text
 from castore.wrappers.base import WrapperBlobReader, WrapperBlobService, WrapperBlobWriter
 
 __all__ = ["LoggingBlobService"]
@@ -235,3 +236,16 @@ class _LoggingWriter(WrapperBlobWriter):
         # store failure; after a close or a failure it changes nothing and logs nothing.
         self._outcome(aborted=True)
         await self._inner.abort()
+
+
+register_type(
+    "logging",
+    LoggingBlobService,
+    references=("inner",),
+    options={
+        "logger": text(),
+        "level": level(),
+        "error_level": level(),
+        "name": text(fallback="instance name"),
+    },
+)

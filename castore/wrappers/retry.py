@@ -36,6 +36,7 @@ import anyio
 from castore._digest import B3Digest, ChunkMeta
 from castore.blobservice import BlobReader, BlobService
 from castore.errors import BlobNotFoundError, StoreError, StorePermissionError, StoreTimeoutError
+from castore.registry import integer, register_type, seconds
 from castore.wrappers.base import WrapperBlobReader, WrapperBlobService
 
 __all__ = ["RetryBlobService", "is_transient"]
@@ -218,3 +219,17 @@ class _RetryingReader(WrapperBlobReader):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+register_type(
+    "retry",
+    RetryBlobService,
+    references=("inner",),
+    options={
+        "max_attempts": integer(minimum=1),
+        "base_delay": seconds(false=0.0),
+        "max_delay": seconds(false=0.0),
+        "deadline": seconds(),
+        "attempt_timeout": seconds(),
+    },
+)

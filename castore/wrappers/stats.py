@@ -10,6 +10,7 @@ from types import MappingProxyType
 
 from castore._digest import B3Digest, ChunkMeta
 from castore.blobservice import BlobReader, BlobService, BlobWriter
+from castore.registry import register_type
 from castore.wrappers.base import WrapperBlobReader, WrapperBlobService, WrapperBlobWriter
 
 __all__ = ["BlobServiceStatistics", "StatsBlobService"]
@@ -178,3 +179,6 @@ class _StatsWriter(WrapperBlobWriter):
             raise
         owner._blobs_written += 1
         return digest
+
+
+register_type("stats", StatsBlobService, references=("inner",))
