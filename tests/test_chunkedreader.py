@@ -209,9 +209,9 @@ class ThreadSource(TaskSource):
         self.get = get or (lambda meta: by[meta.digest])
         self.sync_calls: list[ChunkMeta] = []
 
-    def fetch_chunk_sync(self, meta: ChunkMeta) -> bytes:
+    def fetch_chunk_into(self, meta: ChunkMeta, out: memoryview) -> None:
         self.sync_calls.append(meta)
-        return verify_chunk(meta, self.get(meta))
+        out[:] = verify_chunk(meta, self.get(meta))
 
 
 def _sync_store(pieces: list[bytes]) -> tuple[list[ChunkMeta], dict[B3Digest, bytes]]:
@@ -414,3 +414,71 @@ async def test_whole_blob_check_needs_an_in_order_read_from_zero() -> None:
     async with ChunkedReader(metas, fetch, blob_digest=B3Digest.of(b"other")) as r:
         await r.seek(1)
         assert await r.read() == WHOLE[1:]
+
+
+# --- readinto and reused buffers -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [True, False], ids=["thread-source", "task-source"])
+@pytest.mark.parametrize("size", [1, 3, 5, 16, 100])
+async def test_readinto_matches_read(threads: bool, size: int) -> None:
+    metas, by = _sync_store(PIECES)
+    source = ThreadSource(by) if threads else TaskSource(by)
+    async with ChunkedReader(metas, source, prefetch=1, blob_digest=B3Digest.of(WHOLE)) as r:
+        buf = bytearray(size)
+        out = b""
+        while n := await r.readinto(buf):
+            out += buf[:n]
+        assert out == WHOLE
+        for start in (13, 2, 0, 7, 15):
+            await r.seek(start)
+            n = await r.readinto(memoryview(buf))
+            assert bytes(buf[:n]) == WHOLE[start : start + size]
+            assert r.tell() == start + n
+
+
+async def test_readinto_checks_the_whole_blob() -> None:
+    metas, by = _sync_store(PIECES)
+    async with ChunkedReader(metas, ThreadSource(by), blob_digest=B3Digest.of(b"other")) as r:
+        buf = bytearray(10)
+        assert await r.readinto(buf) == 10
+        with pytest.raises(DigestMismatchError):
+            await r.readinto(buf)
+        with pytest.raises(DigestMismatchError):
+            await r.readinto(buf)
+
+
+async def test_thread_pullers_reuse_their_buffers() -> None:
+    """A long sequential read decodes into a handful of buffers, not one per chunk."""
+    pieces = [bytes([i]) * (1000 + i) for i in range(200)]
+    metas, by = _sync_store(pieces)
+    buffers: set[int] = set()
+    source = ThreadSource(by)
+    original = source.fetch_chunk_into
+
+    def into(meta: ChunkMeta, out: memoryview) -> None:
+        buffers.add(id(out.obj))
+        original(meta, out)
+
+    source.fetch_chunk_into = into  # type: ignore[method-assign]
+    whole = b"".join(pieces)
+    async with ChunkedReader(metas, source, prefetch=2, blob_digest=B3Digest.of(whole)) as r:
+        buf = bytearray(5000)
+        out = bytearray()
+        while n := await r.readinto(buf):
+            out += buf[:n]
+    assert out == whole
+    assert len(buffers) <= 20, len(buffers)
+
+
+async def test_large_readinto_is_copied_in_a_worker() -> None:
+    """A read of at least the join threshold copies in the readers' pool, and is exact."""
+    pieces = [bytes([i]) * (300 << 10) for i in range(8)]
+    metas, by = _sync_store(pieces)
+    whole = b"".join(pieces)
+    async with ChunkedReader(metas, ThreadSource(by), blob_digest=B3Digest.of(whole)) as r:
+        buf = bytearray(1 << 20)
+        out = bytearray()
+        while n := await r.readinto(buf):
+            out += buf[:n]
+    assert out == whole

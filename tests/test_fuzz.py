@@ -41,7 +41,7 @@ from castore.errors import (
     InvalidDigestError,
     MalformedIndexError,
 )
-from castore.objectstore._codec import decode_chunk, decode_index, encode_index
+from castore.objectstore._codec import decode_chunk, decode_chunk_into, decode_index, encode_index
 from castore.testing.conformance import pseudo_random_bytes
 
 STRESS = max(1, int(os.environ.get("CASTORE_STRESS", "1")))
@@ -147,6 +147,16 @@ def _check_chunk(frame: bytes, data: bytes, expected_size: int | None) -> None:
     assert peak <= 2 * LIMIT + len(frame) + (64 << 10), f"decoding allocated {peak} bytes"
     if got is not None:
         assert got == data, "a chunk decoded to other bytes than its digest names"
+    if expected_size is not None:
+        # Decoding into a reader's buffer accepts exactly the same frames.
+        out = bytearray(expected_size)
+        try:
+            decode_chunk_into(frame, digest, memoryview(out))
+        except CHUNK_ERRORS:
+            assert got is None, "decode_chunk_into refused a frame decode_chunk accepts"
+        else:
+            assert got is not None, "decode_chunk_into accepted a frame decode_chunk refuses"
+            assert out == data
 
 
 @settings(FUZZ, max_examples=400 * STRESS)
@@ -212,6 +222,9 @@ def test_bombs_are_what_they_claim() -> None:
 @pytest.mark.parametrize("name", sorted(BOMBS))
 @pytest.mark.parametrize("expected_size", [None, LIMIT], ids=["one-chunk", "listed"])
 def test_bombs_are_refused_without_allocating(name: str, expected_size: int | None) -> None:
+    if expected_size is not None:
+        with pytest.raises(DecompressionBombError):
+            decode_chunk_into(BOMBS[name], bytes(32), memoryview(bytearray(expected_size)))
     tracemalloc.start()
     started = time.perf_counter()
     try:

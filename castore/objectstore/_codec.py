@@ -38,6 +38,7 @@ __all__ = [
     "ZSTD_LEVEL",
     "compressor",
     "decode_chunk",
+    "decode_chunk_into",
     "decode_index",
     "encode_index",
 ]
@@ -233,6 +234,78 @@ def decode_chunk(
     if actual != digest:
         raise DigestMismatchError(f"{what}: data hashes to {actual.hex()}")
     return data
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _frame_length(frame: memoryview) -> int:
+    """The length of the zstd frame that ``frame`` starts with, by its block headers.
+
+    -1 if the frame is truncated or a block type is invalid. Only the framing is read
+    (about one block header per 128 KiB); zstd checks the rest as it decodes.
+    """
+    if frame[:4] != _ZSTD_MAGIC:
+        return -1
+    pos = zstandard.frame_header_size(frame)
+    checksum = frame[4] & 0x04
+    end = len(frame)
+    while True:
+        if pos + 3 > end:
+            return -1
+        head = frame[pos] | frame[pos + 1] << 8 | frame[pos + 2] << 16
+        kind = (head >> 1) & 3
+        if kind == 3:  # reserved
+            return -1
+        pos += 3 + (1 if kind == 1 else head >> 3)  # an RLE block holds one byte
+        if head & 1:  # the last block
+            break
+    pos += 4 if checksum else 0
+    return pos if pos <= end else -1
+
+
+def decode_chunk_into(frame: Buffer, digest: bytes, out: memoryview) -> None:
+    """Decompress one chunk frame into ``out`` and verify it against ``digest``.
+
+    ``out`` is exactly as long as the chunk (its listed size); nothing is allocated for
+    the chunk's bytes, so a reader can reuse its buffers. The same checks as
+    :func:`decode_chunk`, with the same errors: a frame that declares or expands to more
+    than ``len(out)`` bytes, trailing bytes, truncation, fewer bytes or other bytes than
+    the chunk's. On an error ``out`` holds garbage, which the caller must not use.
+    """
+    size = len(out)
+    frame = memoryview(frame)
+    what = f"chunk {digest.hex()}"
+    try:
+        declared = zstandard.frame_content_size(frame)
+        length = _frame_length(frame)
+    except zstandard.ZstdError as e:
+        raise DecompressionError(f"{what}: not a zstd frame: {e}") from e
+    if declared > size:
+        raise DecompressionBombError(
+            f"{what}: frame declares {declared} bytes, more than the {size} it may hold"
+        )
+    if length != len(frame):
+        problem = "is truncated or corrupt" if length < 0 else "has trailing bytes"
+        raise DecompressionError(f"{what}: zstd frame {problem}")
+    got = 0
+    try:
+        # One frame only; zstd decodes a frame that declares its size straight into out.
+        reader = _decompressor().stream_reader(frame, read_across_frames=False)
+        while got < size and (n := reader.readinto(out[got:])):
+            got += n
+        extra = reader.readinto(bytearray(1)) if got == size else 0
+    except zstandard.ZstdError as e:
+        raise DecompressionError(f"{what}: corrupt zstd frame: {e}") from e
+    if extra:
+        raise DecompressionBombError(
+            f"{what}: frame expands to more than the {size} bytes it may hold"
+        )
+    if got != size:
+        raise DigestMismatchError(f"{what}: expected {size} bytes, got {got}")
+    actual = blake3.blake3(out, max_threads=1).digest()
+    if actual != digest:
+        raise DigestMismatchError(f"{what}: data hashes to {actual.hex()}")
 
 
 def _exceeds(dctx: zstandard.ZstdDecompressor, frame: memoryview, limit: int) -> bool:

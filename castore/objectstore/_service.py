@@ -26,7 +26,7 @@ from castore.objectstore._chunker import (
     MAX_AVG_CHUNK_SIZE,
     MIN_AVG_CHUNK_SIZE,
 )
-from castore.objectstore._codec import decode_chunk, decode_index
+from castore.objectstore._codec import decode_chunk, decode_chunk_into, decode_index
 from castore.objectstore._gc import DEFAULT_GRACE, GcReport, collect_garbage
 from castore.objectstore._gc_mark import Progress
 from castore.objectstore._gc_state import DEFAULT_LEASE
@@ -245,19 +245,27 @@ class ObjectStoreBlobService(BlobService):
         """
         return self.timeout
 
-    def fetch_chunk_sync(self, meta: ChunkMeta) -> bytes:
-        """Chunk ``meta``, fetched, decompressed (bounded) and verified; blocking."""
-        d = meta.digest.digest
-        key = self._layout.chunk(d)
+    def _chunk_frame(self, meta: ChunkMeta) -> Buffer:
+        key = self._layout.chunk(meta.digest.digest)
         frame = self._get(key, "chunk")
         if frame is None:
             raise BlobNotFoundError(f"chunk {meta.digest.hex()} is missing ({key})")
+        return frame
+
+    def fetch_chunk_into(self, meta: ChunkMeta, out: memoryview) -> None:
+        """Chunk ``meta``, fetched, decompressed into ``out`` (bounded by its length) and
+        verified; blocking."""
+        decode_chunk_into(self._chunk_frame(meta), meta.digest.digest, out)
+
+    def _fetch_sync(self, meta: ChunkMeta) -> bytes:
+        frame = self._chunk_frame(meta)
+        d = meta.digest.digest
         return decode_chunk(frame, d, expected_size=meta.size, max_size=self._read_limit)
 
     async def fetch_chunk(self, meta: ChunkMeta) -> bytes:
         """Chunk ``meta``, verified, in one worker-thread hop bounded by ``timeout``."""
         what = f"reading chunk {meta.digest.hex()}"
-        return await self._in_thread(what, self.fetch_chunk_sync, meta)
+        return await self._in_thread(what, self._fetch_sync, meta)
 
     # --- writing ------------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ __all__ = ["Window", "reader_pool"]
 
 # Seconds a thread puller waits for the window to grow before it ends.
 _LINGER = 0.05
+# At most this many spare chunk buffers are kept for reuse.
+_MAX_FREE = 64
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -82,6 +84,12 @@ class Window:
         self._threaded = isinstance(source, ThreadChunkSource)
         self._timeout = source.read_timeout
         self._prefetch = prefetch
+        # Thread pullers decode chunks into buffers of the largest chunk's size, reused
+        # once the reads are past a chunk and the whole-blob hash has taken it: fresh
+        # memory costs a page fault per 4 KiB on first touch, as much as decoding it.
+        self._capacity = max((c.size for c in chunks), default=0)
+        self._free: list[bytearray] = []
+        self._buffers: dict[int, bytearray] = {}  # chunk index -> the buffer it is in
         self.whole: BlobHash | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -96,7 +104,7 @@ class Window:
         # Fetched chunks of the window (or the error fetching one), by index. Pullers put
         # them here and wake the loop only when a read waits for them (_waiter: the range
         # it needs and the future it awaits).
-        self._ready: dict[int, bytes | Exception] = {}
+        self._ready: dict[int, bytes | memoryview | Exception] = {}
         self._waiter: _Waiter | None = None
         self._arrived = 0  # chunks handed over so far: progress, for the timeout
         self._refetching: set[int] = set()
@@ -124,10 +132,10 @@ class Window:
             if lo < self._lo or lo >= self._hi or hi < self._hi:
                 # A jump (a seek) or a shrink: drop results outside the new window.
                 for i in [i for i in ready if i < lo or i >= hi]:
-                    del ready[i]
+                    self._drop(i)
             else:
                 for i in range(self._lo, lo):
-                    ready.pop(i, None)
+                    self._drop(i)
             if lo < self._lo or lo >= self._hi or self._claim < lo:
                 self._claim = lo
             self._lo, self._hi = lo, hi
@@ -138,6 +146,18 @@ class Window:
                 self._wake.notify_all()
         for _ in range(max(0, start)):
             self._start_puller()
+
+    def _drop(self, i: int) -> None:
+        """Forget chunk ``i`` (under the lock); reuse its buffer once it is hashed.
+
+        Called from the loop only, between reads, so no read is copying from it.
+        """
+        self._ready.pop(i, None)
+        buf = self._buffers.pop(i, None)
+        if buf is not None and len(self._free) < _MAX_FREE:
+            whole = self.whole
+            if whole is None or whole.hashed(i):
+                self._free.append(buf)
 
     # --- pullers ------------------------------------------------------------------------
 
@@ -171,22 +191,28 @@ class Window:
         """A thread puller: fetch chunks in window order; hand each over."""
         source = self._source
         assert isinstance(source, ThreadChunkSource)
-        fetch = source.fetch_chunk_sync
+        fetch_into = source.fetch_chunk_into
         while True:
             with self._lock:
                 if not self._closed and self._claim >= self._hi:
                     self._wake.wait(_LINGER)
                 i = self._take()
+                buf = self._free.pop() if i is not None and self._free else None
             if i is None:
                 return
+            meta = self._chunks[i]
+            if buf is None:
+                buf = bytearray(self._capacity)
+            data = memoryview(buf)[: meta.size]
             try:
-                data = fetch(self._chunks[i])
+                fetch_into(meta, data)
             except Exception as e:
                 self._hand_over(i, e)
                 with self._lock:
+                    self._free.append(buf)  # what it holds is never handed over
                     self._pullers -= 1
                 return
-            if not self._hand_over(i, data):
+            if not self._hand_over(i, data, buf):
                 return
             whole = self.whole
             if whole is not None and whole.offer(i, data):
@@ -214,17 +240,23 @@ class Window:
         if whole is not None and whole.offer(i, data):
             reader_pool().submit(whole.drain)
 
-    def _hand_over(self, i: int, result: bytes | Exception) -> bool:
+    def _hand_over(
+        self, i: int, result: bytes | memoryview | Exception, buf: bytearray | None = None
+    ) -> bool:
         """From any thread: chunk ``i`` (or the error fetching it) for the reads.
 
-        Kept if the window holds it and it is not there yet; the loop is woken only if a
-        read waits for it. False when the loop is gone: the puller stops.
+        Kept if the window holds it and it is not there yet (``buf``, the buffer it is
+        in, is then reused once the reads are past it; a chunk not kept lets its buffer
+        go); the loop is woken only if a read waits for it. False when the loop is gone:
+        the puller stops.
         """
         with self._lock:
             self._taken.discard(i)
             if self._closed or not self._lo <= i < self._hi or i in self._ready:
                 return not self._closed
             self._ready[i] = result
+            if buf is not None:
+                self._buffers[i] = buf
             self._arrived += 1
             waiter = self._waiter
             if waiter is None or not waiter.first <= i < waiter.end:
@@ -245,14 +277,17 @@ class Window:
 
     # --- waiting for chunks -------------------------------------------------------------
 
-    async def collect(self, first: int, end: int) -> list[bytes]:
-        """The chunks ``first .. end - 1``, waiting for those not fetched yet."""
+    async def collect(self, first: int, end: int) -> list[bytes | memoryview]:
+        """The chunks ``first .. end - 1``, waiting for those not fetched yet.
+
+        Views into the window's buffers stay valid until the next :meth:`move`.
+        """
         loop = self._loop
         assert loop is not None
         while True:
             error: Exception | None = None
             missing: list[int] = []
-            found: list[bytes] = []
+            found: list[bytes | memoryview] = []
             with self._lock:
                 ready = self._ready
                 for i in range(first, end):
@@ -332,6 +367,8 @@ class Window:
             self._wake.notify_all()
         with self._lock:
             self._ready.clear()
+            self._buffers.clear()
+            self._free.clear()
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.fut.cancel()

@@ -24,6 +24,8 @@ import io
 import warnings
 from collections.abc import Sequence
 
+import anyio
+
 from castore._digest import B3Digest, ChunkMeta
 from castore._threads import THRESHOLDS
 from castore.blobservice import BlobReader, BlobService, _seek_target
@@ -152,6 +154,48 @@ class ChunkedReader(BlobReader):
     # --- reading ------------------------------------------------------------------------
 
     async def read(self, n: int = -1) -> bytes:
+        pos, n, parts = await self._span(n)
+        if not parts:
+            return b""
+        if len(parts) == 1:
+            data = parts[0]
+            # A read of exactly one chunk fetched as bytes is that chunk, not a copy.
+            out = data if isinstance(data, bytes) else bytes(data)
+        elif n >= THRESHOLDS.join:
+            out = await asyncio.wrap_future(reader_pool().submit(b"".join, parts))
+        else:
+            out = b"".join(parts)
+        del parts
+        await self._advance(pos, n)
+        return out
+
+    async def readinto(self, buffer: bytearray | memoryview) -> int:
+        """Read into ``buffer``: each chunk is copied once, from where it was decoded.
+
+        Returns how many bytes were written: ``len(buffer)``, fewer only at the end.
+        """
+        out = memoryview(buffer).cast("B")
+        pos, n, parts = await self._span(len(out))
+        if not parts:
+            return 0
+        if n >= THRESHOLDS.join:
+            job = asyncio.wrap_future(reader_pool().submit(_copy, out, parts))
+            # The copy writes into the caller's memory: it must end before this returns,
+            # even when cancelled (it is a few milliseconds of CPU at most).
+            with anyio.CancelScope(shield=True):
+                await job
+        else:
+            _copy(out, parts)
+        del parts
+        await self._advance(pos, n)
+        return n
+
+    async def _span(self, n: int) -> tuple[int, int, list[bytes | memoryview]]:
+        """The next ``n`` bytes (all remaining when negative) as parts of chunks.
+
+        Returns the position, the byte count and the parts; ``[]`` at the end. The parts
+        stay valid until :meth:`_advance`.
+        """
         if self._closed:
             raise ValueError("read() on a closed reader")
         if self._corrupt is not None:
@@ -161,43 +205,40 @@ class ChunkedReader(BlobReader):
         if n < 0 or n > remaining:
             n = remaining
         if n <= 0:
-            return b""
+            return pos, 0, []
         first = self._index(pos)
         last = self._index(pos + n - 1)
         window = self._window
         window.move(first, self._ahead(last, pos + n, n))
-        datas = await window.collect(first, last + 1)
+        parts = await window.collect(first, last + 1)
 
-        whole = window.whole
-        if whole is not None and pos != self._returned_to:
+        if window.whole is not None and pos != self._returned_to:
             # Not a continuation of an in-order read from 0: no whole-blob check.
-            whole.kill()
-            whole = window.whole = None
+            window.whole.kill()
+            window.whole = None
 
         start = pos - self._offsets[first]
+        end = pos + n - self._offsets[last]
         if first == last:
-            data = datas[0]
-            out = data if start == 0 and n == len(data) else data[start : start + n]
+            if start or end != len(parts[0]):
+                parts[0] = memoryview(parts[0])[start:end]
         else:
-            end = pos + n - self._offsets[last]
             if start:
-                datas[0] = datas[0][start:]
-            if end != len(datas[-1]):
-                datas[-1] = datas[-1][:end]
-            if n >= THRESHOLDS.join:
-                out = await asyncio.wrap_future(reader_pool().submit(b"".join, datas))
-            else:
-                out = b"".join(datas)
-        del datas
+                parts[0] = memoryview(parts[0])[start:]
+            if end != len(parts[-1]):
+                parts[-1] = memoryview(parts[-1])[:end]
+        return pos, n, parts
 
+    async def _advance(self, pos: int, n: int) -> None:
+        """After returning bytes ``pos .. pos + n``: the whole-blob check, the cursor."""
+        whole = self._window.whole
         if whole is not None:
             if pos + n == self._length:
                 await self._check_whole(whole)
             self._returned_to = pos + n
         self._pos = pos + n
         # Forget the chunks the cursor has passed.
-        window.move(self._index(self._pos) if self._pos < self._length else len(self._chunks))
-        return out
+        self._window.move(self._index(self._pos) if self._pos < self._length else len(self._chunks))
 
     async def _check_whole(self, whole: BlobHash) -> None:
         assert self._blob_digest is not None
@@ -233,6 +274,15 @@ class ChunkedReader(BlobReader):
         await window.aclose()
 
 
+def _copy(out: memoryview, parts: list[bytes | memoryview]) -> None:
+    """Copy ``parts`` one after the other into ``out``."""
+    at = 0
+    for part in parts:
+        n = len(part)
+        out[at : at + n] = part
+        at += n
+
+
 def _as_source(
     source: ChunkSource | ChunkFetcher, verified: object, fetch_sync: object, timeout: object
 ) -> ChunkSource:
@@ -256,7 +306,7 @@ def _as_source(
     if legacy:
         warnings.warn(
             f"ChunkedReader: the keywords {', '.join(legacy)} are deprecated; implement "
-            "castore.reader.ChunkSource (fetch_chunk, fetch_chunk_sync, read_timeout)",
+            "castore.reader.ChunkSource (fetch_chunk, read_timeout; fetch_chunk_into in threads)",
             DeprecationWarning,
             stacklevel=3,
         )

@@ -6,7 +6,8 @@ implements it (the object store, the combined and caching services); any other s
 is read chunk by chunk through ``open_read`` with :func:`read_chunk`, which verifies what
 it gets. A source that can fetch without the event loop (a store call that blocks in a
 worker thread) also implements :class:`ThreadChunkSource`, and the reader then fetches
-from a few long worker jobs instead of a hop between the loop and a thread per chunk.
+from a few long worker jobs instead of a hop between the loop and a thread per chunk,
+each chunk decoded straight into a buffer the reader reuses.
 """
 
 from __future__ import annotations
@@ -66,10 +67,16 @@ class ChunkSource(Protocol):
 
 @runtime_checkable
 class ThreadChunkSource(ChunkSource, Protocol):
-    """A :class:`ChunkSource` that can also fetch in a worker thread, without the loop."""
+    """A :class:`ChunkSource` that can also fetch in a worker thread, without the loop,
+    straight into the reader's memory."""
 
-    def fetch_chunk_sync(self, meta: ChunkMeta) -> bytes:
-        """What :meth:`~ChunkSource.fetch_chunk` does, blocking; called in worker threads."""
+    def fetch_chunk_into(self, meta: ChunkMeta, out: memoryview) -> None:
+        """Write chunk ``meta``, verified, into ``out`` (exactly ``meta.size`` bytes long).
+
+        Blocking; called in worker threads. Raises as
+        :meth:`~ChunkSource.fetch_chunk` does; after an error ``out`` holds garbage,
+        which the reader drops.
+        """
         ...
 
 
@@ -161,6 +168,12 @@ class ThreadFunctionChunkSource(FunctionChunkSource):
         super().__init__(fetch, verified=verified, timeout=timeout)
         self._fetch_sync = fetch_sync
 
-    def fetch_chunk_sync(self, meta: ChunkMeta) -> bytes:
+    def fetch_chunk_into(self, meta: ChunkMeta, out: memoryview) -> None:
         data = self._fetch_sync(meta)
-        return data if self._verified else verify_chunk(meta, data)
+        if not self._verified:
+            verify_chunk(meta, data)
+        elif len(data) != len(out):
+            raise DigestMismatchError(
+                f"chunk {meta.digest.hex()}: expected {meta.size} bytes, got {len(data)}"
+            )
+        out[:] = data
