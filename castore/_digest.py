@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import string
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import blake3
 
 from castore.errors import InvalidDigestError
 
-__all__ = ["DIGEST_LEN", "EMPTY_DIGEST", "B3Digest", "ChunkMeta"]
+__all__ = ["DIGEST_LEN", "EMPTY_DIGEST", "B3Digest", "ChunkMeta", "DigestLike"]
 
 DIGEST_LEN = 32
 
@@ -21,7 +23,8 @@ class B3Digest:
 
     ``str(d)`` is ``blake3-<padded base64>`` (snix's display form); ``d.hex()`` is the
     lowercase hex used in object keys. :meth:`parse` accepts hex, ``blake3-…`` and tvix's
-    ``b3:…``.
+    ``b3:…``; :meth:`coerce` also takes a digest or its 32 raw bytes, and is what every
+    method of castore that takes a digest applies to its argument.
     """
 
     digest: bytes
@@ -42,7 +45,8 @@ class B3Digest:
         """Parse 64 hex characters."""
         if len(text) != 2 * DIGEST_LEN:
             raise InvalidDigestError(
-                f"a hex BLAKE3 digest is {2 * DIGEST_LEN} characters, got {len(text)}"
+                f"not a digest: {text!r}: a hex BLAKE3 digest is {2 * DIGEST_LEN} characters, "
+                f"got {len(text)} characters"
             )
         try:
             return cls(bytes.fromhex(text))
@@ -50,8 +54,29 @@ class B3Digest:
             raise InvalidDigestError(f"not a hex digest: {text!r}") from e
 
     @classmethod
+    def coerce(cls, value: DigestLike) -> B3Digest:
+        """``value`` as a digest: a :class:`B3Digest` as it is, a string by :meth:`parse`,
+        bytes as the 32 raw bytes of a digest.
+
+        Raises :class:`~castore.errors.InvalidDigestError` (a :class:`ValueError`) saying
+        what is wrong, for anything else.
+        """
+        if isinstance(value, B3Digest):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        if isinstance(value, bytes | bytearray | memoryview):
+            return cls(value)
+        raise InvalidDigestError(
+            "expected a B3Digest, a digest string (blake3-…, b3:… or 64 hex characters) or "
+            f"32 bytes, got {type(value).__name__}"
+        )
+
+    @classmethod
     def parse(cls, text: str) -> B3Digest:
         """Parse ``blake3-<base64>``, ``b3:<base64>`` or 64 hex characters."""
+        if not isinstance(text, str):
+            raise InvalidDigestError(f"expected a digest string, got {type(text).__name__}")
         text = text.strip()
         for prefix in ("blake3-", "b3:"):
             if text.startswith(prefix):
@@ -59,12 +84,16 @@ class B3Digest:
                 try:
                     raw = base64.b64decode(body, validate=True)
                 except (binascii.Error, ValueError) as e:
-                    raise InvalidDigestError(f"not base64 after {prefix!r}: {body!r}") from e
+                    raise InvalidDigestError(
+                        f"not a digest: {text!r}: not base64 after {prefix!r}, got "
+                        f"{len(body)} characters (a digest is 44 with padding)"
+                    ) from e
                 return cls(raw)
-        if len(text) == 2 * DIGEST_LEN:
+        if text and all(c in string.hexdigits for c in text):
             return cls.from_hex(text)
         raise InvalidDigestError(
-            f"not a digest: {text!r} (expected 64 hex characters, blake3-<base64> or b3:<base64>)"
+            f"not a digest: {text!r}, got {len(text)} characters (expected 64 hex characters, "
+            "blake3-<base64> or b3:<base64>)"
         )
 
     def hex(self) -> str:
@@ -80,6 +109,9 @@ class B3Digest:
     def __repr__(self) -> str:
         return f"B3Digest({self.hex()})"
 
+
+#: What methods that take a digest accept (see :meth:`B3Digest.coerce`).
+DigestLike: TypeAlias = B3Digest | str | bytes
 
 EMPTY_DIGEST = B3Digest.of(b"")
 

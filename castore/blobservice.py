@@ -14,7 +14,7 @@ from typing import Self
 
 import anyio.lowlevel
 
-from castore._digest import B3Digest, ChunkMeta
+from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore.errors import CastoreError, WriteAbortedError, WriterClosedError
 
 __all__ = ["BlobReader", "BlobService", "BlobWriter", "BytesReader"]
@@ -190,19 +190,20 @@ class BlobService(AsyncResource, abc.ABC):
     """A content-addressed blob store, addressed by BLAKE3 digest."""
 
     @abc.abstractmethod
-    async def has(self, digest: B3Digest) -> bool:
+    async def has(self, digest: DigestLike) -> bool:
         """True if the blob is stored (on chunking backends, also for a chunk digest)."""
 
     @abc.abstractmethod
-    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+    async def open_read(self, digest: DigestLike) -> BlobReader | None:
         """A reader over the blob, or ``None`` if it is not stored."""
 
     @abc.abstractmethod
     async def open_write(self) -> BlobWriter:
         """A new writer. Never fails here: errors surface on ``write`` or ``close``."""
 
-    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+    async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
         """The blob's chunks: ``None`` if absent, ``[]`` if stored with no finer chunking."""
+        digest = B3Digest.coerce(digest)
         return [] if await self.has(digest) else None
 
     async def put(self, data: bytes | bytearray | memoryview) -> B3Digest:
@@ -211,8 +212,9 @@ class BlobService(AsyncResource, abc.ABC):
             await w.write(data)
         return await w.close()
 
-    async def get(self, digest: B3Digest) -> bytes | None:
+    async def get(self, digest: DigestLike) -> bytes | None:
         """Convenience: the whole blob, or ``None`` if it is not stored."""
+        digest = B3Digest.coerce(digest)
         reader = await self.open_read(digest)
         if reader is None:
             return None

@@ -43,7 +43,7 @@ from typing import TypeVar, cast
 import anyio
 import blake3
 
-from castore._digest import B3Digest, ChunkMeta
+from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore._threads import hash_update
 from castore.blobservice import BlobReader, BlobService, BlobWriter
 from castore.errors import (
@@ -133,14 +133,17 @@ class CombinedBlobService(BlobService):
             raise near_error
         return found
 
-    async def has(self, digest: B3Digest) -> bool:
+    async def has(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
         found = await self._near_first("has", digest, _yes(self._near.has), _yes(self._far.has))
         return found is not None
 
-    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+    async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
+        digest = B3Digest.coerce(digest)
         return await self._near_first("chunks", digest, self._near.chunks, self._far.chunks)
 
-    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+    async def open_read(self, digest: DigestLike) -> BlobReader | None:
+        digest = B3Digest.coerce(digest)
         return await self._near_first("open_read", digest, self._near.open_read, self._open_far)
 
     async def _open_far(self, digest: B3Digest) -> BlobReader | None:

@@ -8,7 +8,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import blake3
 
-from castore._digest import B3Digest
+from castore._digest import B3Digest, DigestLike
 from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader
 from castore.errors import InvalidAddressError
 from castore.registry import register_scheme, register_type
@@ -28,10 +28,12 @@ class MemoryBlobService(BlobService):
     def __init__(self) -> None:
         self._blobs: dict[B3Digest, bytes] = {}
 
-    async def has(self, digest: B3Digest) -> bool:
+    async def has(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
         return digest in self._blobs
 
-    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+    async def open_read(self, digest: DigestLike) -> BlobReader | None:
+        digest = B3Digest.coerce(digest)
         data = self._blobs.get(digest)
         return None if data is None else BytesReader(data)
 

@@ -64,6 +64,19 @@ def test_digest_parse_rejects(text: str) -> None:
         B3Digest.parse(text)
 
 
+def test_coerce_takes_every_form_and_says_what_is_wrong() -> None:
+    d = B3Digest.of(b"x")
+    for form in (d, str(d), d.hex(), "b3:" + str(d)[7:], d.digest, bytearray(d.digest)):
+        assert B3Digest.coerce(form) == d
+    with pytest.raises(InvalidDigestError, match="got 63 characters") as info:
+        B3Digest.coerce(d.hex()[:63])
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(InvalidDigestError, match="got 3 characters"):
+        B3Digest.coerce("xyz")
+    with pytest.raises(InvalidDigestError, match="got int"):
+        B3Digest.coerce(5)  # type: ignore[arg-type]
+
+
 def test_digest_is_frozen() -> None:
     d = B3Digest.of(b"x")
     with pytest.raises(AttributeError):

@@ -37,7 +37,7 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
-from castore._digest import B3Digest, ChunkMeta
+from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore._proto.tvix.castore.v1 import (
     BlobChunk,
     PutBlobResponse,
@@ -313,10 +313,12 @@ class GRPCBlobService(BlobService):
             raise StoreError(f"{what}: the server sent no response")
         return response
 
-    async def has(self, digest: B3Digest) -> bool:
+    async def has(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
         return await self._stat(digest, send_chunks=False) is not None
 
-    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+    async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
+        digest = B3Digest.coerce(digest)
         response = await self._stat(digest, send_chunks=True)
         if response is None:
             return None
@@ -325,7 +327,8 @@ class GRPCBlobService(BlobService):
         except (InvalidDigestError, ValueError) as e:
             raise MalformedIndexError(f"{self._what('Stat', digest)}: bad chunk list: {e}") from e
 
-    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+    async def open_read(self, digest: DigestLike) -> BlobReader | None:
+        digest = B3Digest.coerce(digest)
         chunks = await self.chunks(digest)
         if chunks is None:
             return None

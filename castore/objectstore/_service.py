@@ -16,7 +16,7 @@ from obstore.store import (
     S3Store,
 )
 
-from castore._digest import EMPTY_DIGEST, B3Digest, ChunkMeta
+from castore._digest import EMPTY_DIGEST, B3Digest, ChunkMeta, DigestLike
 from castore._threads import THRESHOLDS, cpu_pool, run_sized
 from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader
 from castore.errors import BlobNotFoundError, StoreTimeoutError, translate_store_error
@@ -152,18 +152,20 @@ class ObjectStoreBlobService(BlobService):
             raise translate_store_error(e, f"checking {key}") from e
         raise self._timed_out(f"checking {key}")
 
-    async def has(self, digest: B3Digest) -> bool:
+    async def has(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
         for key in (self._layout.blob(digest.digest), self._layout.chunk(digest.digest)):
             if await self._exists(key):
                 return True
         return False
 
-    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+    async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
         """The blob's chunks; ``[]`` for a blob stored as one chunk.
 
         An old-style index that lists the blob itself as its only chunk also gives
         ``[]``: there is no finer chunking.
         """
+        digest = B3Digest.coerce(digest)
         key = self._layout.blob(digest.digest)
         raw: Buffer | None = None
         try:
@@ -193,7 +195,8 @@ class ObjectStoreBlobService(BlobService):
             return await anyio.to_thread.run_sync(fn, arg, abandon_on_cancel=True)
         raise self._timed_out(what)
 
-    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+    async def open_read(self, digest: DigestLike) -> BlobReader | None:
+        digest = B3Digest.coerce(digest)
         found = await self._in_thread(f"opening blob {digest.hex()}", self._locate, digest)
         if found is None:
             return None

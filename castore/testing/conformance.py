@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from castore._digest import EMPTY_DIGEST, B3Digest
 from castore.blobservice import BlobService
-from castore.errors import WriteAbortedError, WriterClosedError
+from castore.errors import InvalidDigestError, WriteAbortedError, WriterClosedError
 from castore.testing.fixtures import BLOB_A, BLOB_A_DIGEST, BLOB_B, BLOB_B_DIGEST
 
 __all__ = ["BlobServiceConformance", "pseudo_random_bytes"]
@@ -91,6 +91,49 @@ class BlobServiceConformance:
         async with reader:
             assert await reader.read() == blob
             assert await reader.read() == b""
+
+    # --- digests in every form ------------------------------------------------------
+
+    async def test_digest_strings_and_bytes(self, service: BlobService) -> None:
+        """Every method that takes a digest takes ``blake3-…``, ``b3:…``, hex and raw bytes."""
+        assert await service.put(BLOB_A) == BLOB_A_DIGEST
+        b64 = str(BLOB_A_DIGEST)[len("blake3-") :]
+        forms: list[str | bytes] = [
+            str(BLOB_A_DIGEST),
+            "b3:" + b64,
+            BLOB_A_DIGEST.hex(),
+            BLOB_A_DIGEST.hex().upper(),
+            bytes(BLOB_A_DIGEST),
+        ]
+        for form in forms:
+            assert await service.has(form) is True, form
+            assert await service.chunks(form) is not None, form
+            reader = await service.open_read(form)
+            assert reader is not None, form
+            async with reader:
+                assert await reader.read() == BLOB_A
+            assert await service.get(form) == BLOB_A
+        assert await service.has(MISSING.hex()) is False
+        assert await service.open_read(str(MISSING)) is None
+
+    @pytest.mark.parametrize(
+        ("bad", "says"),
+        [
+            (BLOB_A_DIGEST.hex()[:63], "got 63 characters"),
+            ("blake3-" + "A" * 12, "32 bytes, got 9"),
+            ("blake3-" + "A" * 10, "got 10 characters"),
+            ("not a digest", "not a digest"),
+            (b"short", "32 bytes"),
+        ],
+        ids=["hex63", "base64-short", "base64-bad", "words", "bytes"],
+    )
+    async def test_malformed_digest_strings(
+        self, service: BlobService, bad: str | bytes, says: str
+    ) -> None:
+        for call in (service.has, service.open_read, service.chunks, service.get):
+            with pytest.raises(InvalidDigestError, match=says) as info:
+                await call(bad)
+            assert isinstance(info.value, ValueError)
 
     async def test_seek_walk(self, service: BlobService) -> None:
         b = BLOB_B

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import anyio
 from obstore.exceptions import GenericError
 
-from castore._digest import B3Digest, ChunkMeta
+from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore.blobservice import BlobReader, BlobService, BlobWriter
 from castore.errors import StoreTimeoutError, StoreUnavailableError
 from castore.objectstore._adapter import ObjectInfo, ObstoreAdapter, StoreAdapter
@@ -143,15 +143,18 @@ class FaultyBlobService(BlobService):
             return p.fault
         return None
 
-    async def has(self, digest: B3Digest) -> bool:
+    async def has(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
         await self._enter("has")
         return await self.inner.has(digest)
 
-    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+    async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
+        digest = B3Digest.coerce(digest)
         await self._enter("chunks")
         return await self.inner.chunks(digest)
 
-    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+    async def open_read(self, digest: DigestLike) -> BlobReader | None:
+        digest = B3Digest.coerce(digest)
         await self._enter("open_read")
         reader = await self.inner.open_read(digest)
         return None if reader is None else _FaultyReader(self, reader)

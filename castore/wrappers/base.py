@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 
-from castore._digest import B3Digest, ChunkMeta
+from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore.blobservice import BlobReader, BlobService, BlobWriter
 
 __all__ = ["WrapperBlobReader", "WrapperBlobService", "WrapperBlobWriter"]
@@ -32,16 +32,19 @@ class WrapperBlobService(BlobService):
         """The wrapped service."""
         return self._inner
 
-    async def has(self, digest: B3Digest) -> bool:
+    async def has(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
         return await self._inner.has(digest)
 
-    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+    async def open_read(self, digest: DigestLike) -> BlobReader | None:
+        digest = B3Digest.coerce(digest)
         return await self._inner.open_read(digest)
 
     async def open_write(self) -> BlobWriter:
         return await self._inner.open_write()
 
-    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+    async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
+        digest = B3Digest.coerce(digest)
         return await self._inner.chunks(digest)
 
     async def aclose(self) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import blake3
 
-from castore._digest import B3Digest, ChunkMeta
+from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore._threads import THRESHOLDS, run_sized
 from castore.blobservice import BlobReader, BlobService, BytesReader
 from castore.errors import BlobNotFoundError, DigestMismatchError
@@ -152,12 +152,14 @@ class CachingBlobService(WrapperBlobService):
 
     # --- the service -----------------------------------------------------------------
 
-    async def has(self, digest: B3Digest) -> bool:
+    async def has(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
         if (True, digest) in self._lru or (False, digest) in self._lru:
             return True
         return await self._inner.has(digest)
 
-    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+    async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
+        digest = B3Digest.coerce(digest)
         cached = self._get_list(digest)
         if cached is not None:
             return list(cached)
@@ -166,7 +168,8 @@ class CachingBlobService(WrapperBlobService):
             self._put((True, digest), tuple(result))
         return result
 
-    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+    async def open_read(self, digest: DigestLike) -> BlobReader | None:
+        digest = B3Digest.coerce(digest)
         data = self._get_data(digest)
         if data is not None:
             return BytesReader(data)

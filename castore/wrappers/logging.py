@@ -25,7 +25,7 @@ import logging
 import time
 from typing import Any
 
-from castore._digest import B3Digest, ChunkMeta
+from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore.blobservice import BlobReader, BlobService, BlobWriter
 from castore.registry import level, register_type, text
 from castore.wrappers.base import WrapperBlobReader, WrapperBlobService, WrapperBlobWriter
@@ -123,7 +123,8 @@ class LoggingBlobService(WrapperBlobService):
             extra=extra,
         )
 
-    async def has(self, digest: B3Digest) -> bool:
+    async def has(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
         started = time.perf_counter()
         try:
             found = await self._inner.has(digest)
@@ -133,7 +134,8 @@ class LoggingBlobService(WrapperBlobService):
         self._log("has", digest, started, found=found)
         return found
 
-    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+    async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
+        digest = B3Digest.coerce(digest)
         started = time.perf_counter()
         try:
             result = await self._inner.chunks(digest)
@@ -144,7 +146,8 @@ class LoggingBlobService(WrapperBlobService):
         self._log("chunks", digest, started, size=size, found=result is not None)
         return result
 
-    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+    async def open_read(self, digest: DigestLike) -> BlobReader | None:
+        digest = B3Digest.coerce(digest)
         started = time.perf_counter()
         try:
             reader = await self._inner.open_read(digest)

@@ -33,7 +33,7 @@ from typing import TypeVar
 
 import anyio
 
-from castore._digest import B3Digest, ChunkMeta
+from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore.blobservice import BlobReader, BlobService
 from castore.errors import BlobNotFoundError, StoreError, StorePermissionError, StoreTimeoutError
 from castore.registry import integer, register_type, seconds
@@ -146,13 +146,16 @@ class RetryBlobService(WrapperBlobService):
             attempt += 1
             await anyio.sleep(delay)
 
-    async def has(self, digest: B3Digest) -> bool:
+    async def has(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
         return await self.call("has", lambda: self._inner.has(digest))
 
-    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+    async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
+        digest = B3Digest.coerce(digest)
         return await self.call("chunks", lambda: self._inner.chunks(digest))
 
-    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+    async def open_read(self, digest: DigestLike) -> BlobReader | None:
+        digest = B3Digest.coerce(digest)
         reader = await self.call("open_read", lambda: self._inner.open_read(digest))
         return None if reader is None else _RetryingReader(self, digest, reader)
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from castore._digest import B3Digest, ChunkMeta
+from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore.blobservice import BlobReader, BlobService, BlobWriter
 from castore.registry import register_type
 from castore.wrappers.base import WrapperBlobReader, WrapperBlobService, WrapperBlobWriter
@@ -84,7 +84,8 @@ class StatsBlobService(WrapperBlobService):
     def _found(self, op: str, found: bool) -> None:
         (self._hits if found else self._misses)[op] += 1
 
-    async def has(self, digest: B3Digest) -> bool:
+    async def has(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
         self._calls["has"] += 1
         try:
             found = await self._inner.has(digest)
@@ -94,7 +95,8 @@ class StatsBlobService(WrapperBlobService):
         self._found("has", found)
         return found
 
-    async def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+    async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
+        digest = B3Digest.coerce(digest)
         self._calls["chunks"] += 1
         try:
             result = await self._inner.chunks(digest)
@@ -104,7 +106,8 @@ class StatsBlobService(WrapperBlobService):
         self._found("chunks", result is not None)
         return result
 
-    async def open_read(self, digest: B3Digest) -> BlobReader | None:
+    async def open_read(self, digest: DigestLike) -> BlobReader | None:
+        digest = B3Digest.coerce(digest)
         self._calls["open_read"] += 1
         try:
             reader = await self._inner.open_read(digest)
