@@ -4,8 +4,9 @@ otherwise, and TLS works end to end.
 Keys: every store call an :class:`~castore.ObjectStoreBlobService` makes is recorded by
 :class:`~castore.testing.faults.FaultyStore`; whatever the HTTP gateway and the gRPC
 server are sent (paths with ``../``, percent-escapes, NUL bytes, digests whose bytes spell
-``../``), every key touched is ``blobs/b3/<4 hex>/<64 hex>`` or ``chunks/b3/…``, and no
-request makes the gateway fail with a 500.
+``../``), every key touched is ``blobs/b3/<4 hex>/<64 hex>``, ``chunks/b3/…`` or the fixed
+``gc/gen`` prefix that every commit lists, and no request makes the gateway fail with a
+500.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from castore.testing.conformance import pseudo_random_bytes
 from castore.testing.faults import FaultyStore
 
 STRESS = max(1, int(os.environ.get("CASTORE_STRESS", "1")))
-KEY = re.compile(r"(blobs|chunks)/b3/[0-9a-f]{4}/[0-9a-f]{64}")
+# A blob's or chunk's key, or the collector's state that every commit lists (a fixed
+# prefix, named by no request).
+KEY = re.compile(r"(blobs|chunks)/b3/[0-9a-f]{4}/[0-9a-f]{64}|gc/gen")
 STORED = b"a blob that is there"
 
 

@@ -390,11 +390,13 @@ async def _consume(
                 await uploads.add(key, frame)
 
     try:
-        # The collector's state before the first chunk put: the writer's starting view.
-        gc_start = None if blob.gc is None else await blob.gc.snapshot()
         pieces: list[Piece] = []
         gathered = 0
         async with receive:
+            # The collector's state before the first chunk put: the writer's starting
+            # view. Taken inside ``async with receive`` so that a failed listing closes
+            # the stream and the producer's next write sees the error instead of waiting.
+            gc_start = None if blob.gc is None else await blob.gc.snapshot()
             async for piece in receive:
                 pieces.append(piece)
                 gathered += len(piece)
