@@ -30,12 +30,15 @@ exception fits, the castore error inherits it too, so ``except FileNotFoundError
         └── GcConflictError                         a write met a garbage collection it could
                                                     not prove safe against; retry it
 
-Foreign exceptions (obstore, zstandard, protobuf, gRPC) are translated to this tree at
-the backend boundary; :func:`castore.errors.translate_store_error` is the one place that
-maps obstore's. Absence is not an error: ``open_read`` and ``chunks`` return ``None``.
+Foreign exceptions are translated to this tree at the backend boundary, each kind in one
+place: a store client's in the object-store adapter
+(:class:`castore.objectstore.StoreAdapter`), zstandard's in the chunk codec, gRPC's in
+:mod:`castore.grpc`. Absence is not an error: ``open_read`` and ``chunks`` return ``None``.
 """
 
 from __future__ import annotations
+
+import warnings
 
 __all__ = [
     "BlobNotFoundError",
@@ -173,43 +176,18 @@ class GcConflictError(StoreError):
 
 
 def translate_store_error(exc: BaseException, what: str) -> CastoreError:
-    """Map an exception raised by an obstore call to castore's tree.
+    """Map an exception raised by an object-store call to castore's tree.
 
-    ``what`` names the operation and key, for the message. Errors already in castore's
-    tree are returned unchanged.
+    Deprecated: the object-store adapter translates store errors itself, so nothing
+    outside it needs this. ``what`` names the operation and key, for the message.
+    Errors already in castore's tree are returned unchanged.
     """
-    if isinstance(exc, CastoreError):
-        return exc
-    name = type(exc).__name__
-    full = str(exc)
-    # obstore appends a multi-line "Debug source:" dump; the message keeps the summary
-    # (the original exception stays reachable as __cause__ where callers chain it).
-    summary = full.split("\n\nDebug source:", 1)[0].strip()
-    text = f"{what}: {name}: {summary}"
-    if isinstance(exc, FileNotFoundError) or name == "NotFoundError":
-        return BlobNotFoundError(text)
-    if isinstance(exc, PermissionError) or name in (
-        "PermissionDeniedError",
-        "UnauthenticatedError",
-    ):
-        return StorePermissionError(text)
-    if isinstance(exc, TimeoutError):
-        return StoreTimeoutError(text)
-    if isinstance(exc, ConnectionError):
-        return StoreUnavailableError(text)
-    lowered = full.lower()
-    if any(
-        s in lowered
-        for s in (
-            "connection refused",
-            "connect error",
-            "error sending request",
-            "connection reset",
-            "dns error",
-            "broken pipe",
-        )
-    ):
-        return StoreUnavailableError(text)
-    if "timed out" in lowered or "timeout" in lowered:
-        return StoreTimeoutError(text)
-    return StoreError(text)
+    warnings.warn(
+        "castore.errors.translate_store_error is deprecated: the object-store adapter "
+        "raises castore errors itself",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from castore.objectstore._errors import store_error
+
+    return store_error(exc, what)

@@ -12,7 +12,7 @@ import pytest
 from obstore.store import LocalStore, MemoryStore
 
 from castore import B3Digest, ObjectStoreBlobService, from_addr
-from castore.errors import UnsupportedOperationError
+from castore.errors import StoreError, UnsupportedOperationError
 from castore.objectstore import ObjectInfo, ObstoreAdapter, StoreAdapter
 from castore.objectstore._layout import Layout
 from castore.testing.faults import Fault, FaultyStore, InjectedStoreError
@@ -128,14 +128,16 @@ async def test_faulty_store_forwards_and_injects() -> None:
     assert [i.key async for p in store.list("blobs/") for i in p] == ["blobs/b3/aaaa/one"]
     info = await store.head_async("blobs/b3/aaaa/one")
     assert isinstance(info, ObjectInfo) and info.size == 1
+    # Injected faults come out translated, as a real store's errors do.
     store.plan("list", Fault.ERROR, nth=1)
-    with pytest.raises(InjectedStoreError):
+    with pytest.raises(StoreError, match="listing blobs/") as listing:
         [p async for p in store.list("blobs/")]
+    assert isinstance(listing.value.__cause__, InjectedStoreError)
     store.plan("head", Fault.ERROR, nth=1)
-    with pytest.raises(InjectedStoreError):
+    with pytest.raises(StoreError, match="checking blobs/"):
         store.head("blobs/b3/aaaa/one")
     store.plan("delete", Fault.ERROR, nth=1, after=True)  # deleted, then told it failed
-    with pytest.raises(InjectedStoreError):
+    with pytest.raises(StoreError, match="deleting blobs/"):
         await store.delete_async(["blobs/b3/aaaa/one"])
     assert await store.head_async("blobs/b3/aaaa/one") is None
     assert store.calls["list"] == 2 and store.calls["head"] == 3 and store.calls["delete"] == 1

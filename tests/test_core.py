@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 import castore
@@ -106,6 +108,14 @@ def test_error_tree_builtin_parents() -> None:
 
 
 def test_translate_store_error() -> None:
+    with pytest.warns(DeprecationWarning, match="translate_store_error"):
+        translate_store_error(OSError("x"), "op")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _check_translate_store_error()
+
+
+def _check_translate_store_error() -> None:
     assert isinstance(translate_store_error(FileNotFoundError("k"), "get k"), BlobNotFoundError)
     assert isinstance(translate_store_error(ConnectionRefusedError(), "put"), StoreUnavailableError)
     assert isinstance(translate_store_error(TimeoutError(), "put"), StoreTimeoutError)
@@ -188,7 +198,8 @@ def test_translate_store_error_keeps_the_summary() -> None:
         "Generic S3 error: HEAD http://127.0.0.1:1/b/x - HTTP error: error sending request"
         '\n\nDebug source:\nGeneric {\n    store: "S3",\n    kind: ConnectionRefused,\n}'
     )
-    e = translate_store_error(raw, "head x")
+    with pytest.warns(DeprecationWarning):
+        e = translate_store_error(raw, "head x")
     assert isinstance(e, StoreUnavailableError)
     assert "Debug source" not in str(e) and "\n" not in str(e)
     assert "error sending request" in str(e)

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import anyio
 import obstore
 import pytest
-from obstore.exceptions import GenericError
 from obstore.store import LocalStore, MemoryStore
 
 from castore import B3Digest, ObjectStoreBlobService
@@ -63,7 +62,7 @@ class FaultyAdapter(ObstoreAdapter):
         with self._lock:
             self.chunk_puts += 1
             if self.chunk_puts == self.fail_at:
-                raise GenericError(f"injected fault storing {key}")
+                raise StoreError(f"injected fault storing {key}")
 
     def put_new(self, key: str, data: Buffer) -> bool:
         self._tick(key)
@@ -75,7 +74,7 @@ class FaultyAdapter(ObstoreAdapter):
 
     async def put_async(self, key: str, data: Buffer) -> None:
         if self.fail_index:
-            raise GenericError(f"injected fault storing {key}")
+            raise StoreError(f"injected fault storing {key}")
         await super().put_async(key, data)
 
 
@@ -161,7 +160,7 @@ async def test_index_put_fault(in_process: bool) -> None:
     adapter = FaultyAdapter(store, in_process=in_process)
     adapter.fail_index = True
     svc = ObjectStoreBlobService(adapter)
-    with pytest.raises(StoreError, match="blob index"):
+    with pytest.raises(StoreError, match="injected fault storing blobs/"):
         await svc.put(DATA)
     assert _index_keys(store) == []
     adapter.fail_index = False

@@ -131,14 +131,16 @@ def test_faulty_store_sync_faults() -> None:
     faulty.plan("get", Fault.ERROR, nth=2, where="blobs/")
     assert faulty.get("chunks/a") is not None
     assert faulty.get("blobs/x") is None
-    with pytest.raises(InjectedStoreError, match="blobs/x"):
+    with pytest.raises(StoreError, match="blobs/x") as failed:
         faulty.get("blobs/x")
+    assert isinstance(failed.value.__cause__, InjectedStoreError)
     faulty.plan("exists", Fault.TIMEOUT, nth=1)
-    with pytest.raises(InjectedStoreTimeout):
+    with pytest.raises(StoreTimeoutError) as timed_out:
         faulty.exists("chunks/a")
+    assert isinstance(timed_out.value.__cause__, InjectedStoreTimeout)
     # after=True: the put happens, then the caller is told it failed.
     faulty.plan("put", Fault.ERROR, nth=1, after=True)
-    with pytest.raises(InjectedStoreError):
+    with pytest.raises(StoreError, match="injected"):
         faulty.put_new("chunks/b", b"b")
     assert bytes(obstore.get(store, "chunks/b").bytes()) == b"b"
     assert faulty.injected == {
@@ -171,7 +173,8 @@ def test_faulty_store_sync_hang_is_released() -> None:
     faulty.release()
     thread.join(5)
     assert not thread.is_alive()
-    assert isinstance(outcome[0], InjectedStoreError)
+    assert isinstance(outcome[0], StoreError)
+    assert isinstance(outcome[0].__cause__, InjectedStoreError)
 
 
 async def test_faulty_store_async_faults() -> None:
@@ -184,7 +187,7 @@ async def test_faulty_store_async_faults() -> None:
     assert time.monotonic() - started >= 0.2
     faulty.plan("put", Fault.ERROR, rate=1.0, times=2)
     for _ in range(2):
-        with pytest.raises(InjectedStoreError):
+        with pytest.raises(StoreError, match="injected"):
             await faulty.put_new_async("chunks/x", b"x")
     assert await faulty.put_new_async("chunks/x", b"x")
     faulty.plan("exists", Fault.HANG, nth=1)
@@ -438,14 +441,29 @@ async def test_a_server_that_stops_mid_stream_is_a_timeout() -> None:
         assert await client.get(digest) == data
 
 
-def test_injected_errors_are_castore_errors() -> None:
-    """What FaultyStore raises is foreign (obstore's, a builtin), as a real store's error
-    would be; the service translates it into castore's tree."""
-    from castore.errors import translate_store_error
-
-    assert isinstance(translate_store_error(InjectedStoreError("x"), "op"), StoreError)
-    timeout = translate_store_error(InjectedStoreTimeout("x"), "op")
-    assert isinstance(timeout, StoreTimeoutError) and isinstance(timeout, CastoreError)
+@pytest.mark.parametrize("op", ["get", "exists", "put"])
+@pytest.mark.parametrize("fault", [Fault.ERROR, Fault.TIMEOUT])
+async def test_injected_errors_are_castore_errors(op: str, fault: Fault) -> None:
+    """FaultyStore injects a foreign error (obstore's, a builtin), as a real store would
+    fail, and translates it as the adapter translates a real store's: what comes out of
+    the adapter, sync or async, is in castore's tree, with the foreign error as cause."""
+    faulty = FaultyStore(MemoryStore())
+    calls = {
+        "get": (lambda: faulty.get("k"), lambda: faulty.get_async("k")),
+        "exists": (lambda: faulty.exists("k"), lambda: faulty.exists_async("k")),
+        "put": (lambda: faulty.put_new("k", b"x"), lambda: faulty.put_new_async("k", b"x")),
+    }
+    sync_call, async_call = calls[op]
+    expected = StoreTimeoutError if fault is Fault.TIMEOUT else StoreError
+    cause = InjectedStoreTimeout if fault is Fault.TIMEOUT else InjectedStoreError
+    faulty.plan(op, fault, rate=1.0)
+    with pytest.raises(expected) as sync_failed:
+        sync_call()
+    with pytest.raises(expected) as async_failed:
+        await async_call()
+    for failed in (sync_failed, async_failed):
+        assert isinstance(failed.value, CastoreError)
+        assert isinstance(failed.value.__cause__, cause)
 
 
 async def test_combined_never_answers_absent_on_a_failing_near() -> None:

@@ -6,6 +6,7 @@
 - ``_codec``: blob-index encoding and bounded, verified chunk decoding.
 - ``_layout``: object keys (tvix/snix bucket layout).
 - ``_adapter``: :class:`StoreAdapter`, the narrow interface to the store, for wrappers.
+- ``_errors``: the translation of obstore's exceptions into castore's (the adapter's).
 - ``_url``: ``objectstore+…`` URLs for :func:`castore.from_addr`.
 
 Importing this package registers the ``objectstore+…`` schemes.

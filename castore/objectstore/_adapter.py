@@ -6,8 +6,10 @@ by subclassing :class:`StoreAdapter` and delegating to an inner one. The adapter
 irons out obstore's quirks in one place: absence is ``None``/``False`` rather than an
 exception, and a conditional create reports whether it wrote.
 
-Errors other than absence propagate unchanged; the service translates them with
-:func:`castore.errors.translate_store_error`.
+The adapter is also castore's error boundary: every method raises errors from castore's
+tree only (:mod:`castore.errors`). :class:`ObstoreAdapter` translates obstore's exceptions
+as they happen (``_errors.map_store_errors``), and an adapter that wraps another one
+passes its errors on as they are.
 
 Listing, metadata and deletion (:meth:`StoreAdapter.list`, :meth:`~StoreAdapter.head`,
 :meth:`~StoreAdapter.delete_async`) serve the lifecycle operations (delete, listing,
@@ -30,6 +32,7 @@ from obstore.exceptions import AlreadyExistsError, NotSupportedError
 from obstore.store import LocalStore, MemoryStore
 
 from castore.errors import UnsupportedOperationError
+from castore.objectstore._errors import map_store_errors
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta
@@ -69,7 +72,9 @@ class StoreAdapter(abc.ABC):
 
     The synchronous methods are called from worker threads, the ``*_async`` ones from
     the event loop. Implementations must accept immutable buffers (``bytes``, zstd
-    buffer segments) and may keep references to them.
+    buffer segments) and may keep references to them. Failures are raised as castore
+    errors (:class:`~castore.errors.StoreError` and its subclasses, or
+    :class:`~castore.errors.BlobNotFoundError`); absence is not a failure.
     """
 
     #: True when synchronous calls are cheap and local (memory, local disk): the writer
@@ -162,90 +167,103 @@ class ObstoreAdapter(StoreAdapter):
         return f"ObstoreAdapter({self.store!r})"
 
     def get(self, key: str) -> Buffer | None:
-        try:
-            return obstore.get(self.store, key).bytes()
-        except FileNotFoundError:
-            return None
+        with map_store_errors("reading", key):
+            try:
+                return obstore.get(self.store, key).bytes()
+            except FileNotFoundError:
+                return None
 
     async def get_async(self, key: str) -> Buffer | None:
-        try:
-            result = await obstore.get_async(self.store, key)
-            return await result.bytes_async()
-        except FileNotFoundError:
-            return None
+        with map_store_errors("reading", key):
+            try:
+                result = await obstore.get_async(self.store, key)
+                return await result.bytes_async()
+            except FileNotFoundError:
+                return None
 
     def exists(self, key: str) -> bool:
-        try:
-            obstore.head(self.store, key)
-        except FileNotFoundError:
-            return False
-        return True
+        with map_store_errors("checking", key):
+            try:
+                obstore.head(self.store, key)
+            except FileNotFoundError:
+                return False
+            return True
 
     async def exists_async(self, key: str) -> bool:
-        try:
-            await obstore.head_async(self.store, key)
-        except FileNotFoundError:
-            return False
-        return True
+        with map_store_errors("checking", key):
+            try:
+                await obstore.head_async(self.store, key)
+            except FileNotFoundError:
+                return False
+            return True
 
     def put_new(self, key: str, data: Buffer) -> bool:
-        if self._create_supported:
-            try:
-                obstore.put(self.store, key, data, mode="create", use_multipart=False)
-                return True
-            except AlreadyExistsError:
+        with map_store_errors("storing", key):
+            if self._create_supported:
+                try:
+                    obstore.put(self.store, key, data, mode="create", use_multipart=False)
+                    return True
+                except AlreadyExistsError:
+                    return False
+                except NotSupportedError:
+                    self._create_supported = False
+            if self.exists(key):
                 return False
-            except NotSupportedError:
-                self._create_supported = False
-        if self.exists(key):
-            return False
-        obstore.put(self.store, key, data, use_multipart=False)
-        return True
+            obstore.put(self.store, key, data, use_multipart=False)
+            return True
 
     async def put_new_async(self, key: str, data: Buffer) -> bool:
-        if self._create_supported:
-            try:
-                await obstore.put_async(self.store, key, data, mode="create", use_multipart=False)
-                return True
-            except AlreadyExistsError:
+        with map_store_errors("storing", key):
+            if self._create_supported:
+                try:
+                    await obstore.put_async(
+                        self.store, key, data, mode="create", use_multipart=False
+                    )
+                    return True
+                except AlreadyExistsError:
+                    return False
+                except NotSupportedError:
+                    self._create_supported = False
+            if await self.exists_async(key):
                 return False
-            except NotSupportedError:
-                self._create_supported = False
-        if await self.exists_async(key):
-            return False
-        await obstore.put_async(self.store, key, data, use_multipart=False)
-        return True
+            await obstore.put_async(self.store, key, data, use_multipart=False)
+            return True
 
     async def put_async(self, key: str, data: Buffer) -> None:
-        await obstore.put_async(self.store, key, data, use_multipart=False)
+        with map_store_errors("storing", key):
+            await obstore.put_async(self.store, key, data, use_multipart=False)
 
     async def list(
         self, prefix: str, *, start_after: str | None = None
     ) -> AsyncIterator[Sequence[ObjectInfo]]:
-        stream = obstore.list(self.store, prefix, offset=start_after, chunk_size=_LIST_PAGE)
-        async for page in stream:
-            yield [_info(meta) for meta in page]
+        with map_store_errors("listing", prefix):
+            stream = obstore.list(self.store, prefix, offset=start_after, chunk_size=_LIST_PAGE)
+            async for page in stream:
+                yield [_info(meta) for meta in page]
 
     def head(self, key: str) -> ObjectInfo | None:
-        try:
-            return _info(obstore.head(self.store, key))
-        except FileNotFoundError:
-            return None
+        with map_store_errors("checking", key):
+            try:
+                return _info(obstore.head(self.store, key))
+            except FileNotFoundError:
+                return None
 
     async def head_async(self, key: str) -> ObjectInfo | None:
-        try:
-            return _info(await obstore.head_async(self.store, key))
-        except FileNotFoundError:
-            return None
+        with map_store_errors("checking", key):
+            try:
+                return _info(await obstore.head_async(self.store, key))
+            except FileNotFoundError:
+                return None
 
     async def delete_async(self, keys: Sequence[str]) -> None:
         if not keys:
             return
-        try:
-            await obstore.delete_async(self.store, list(keys))
-        except FileNotFoundError:
-            # Local disk (and GCS, Azure) refuse to delete a missing key, and a batch
-            # stops there: delete the rest one by one.
-            for key in keys:
-                with contextlib.suppress(FileNotFoundError):
-                    await obstore.delete_async(self.store, key)
+        with map_store_errors("deleting", keys[0] if len(keys) == 1 else f"{len(keys)} keys"):
+            try:
+                await obstore.delete_async(self.store, list(keys))
+            except FileNotFoundError:
+                # Local disk (and GCS, Azure) refuse to delete a missing key, and a batch
+                # stops there: delete the rest one by one.
+                for key in keys:
+                    with contextlib.suppress(FileNotFoundError):
+                        await obstore.delete_async(self.store, key)

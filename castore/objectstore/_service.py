@@ -19,7 +19,7 @@ from obstore.store import (
 from castore._digest import EMPTY_DIGEST, B3Digest, ChunkMeta, DigestLike
 from castore._threads import THRESHOLDS, cpu_pool, run_sized
 from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader
-from castore.errors import BlobNotFoundError, StoreTimeoutError, translate_store_error
+from castore.errors import BlobNotFoundError, StoreTimeoutError
 from castore.objectstore._adapter import ObstoreAdapter, StoreAdapter
 from castore.objectstore._chunker import (
     DEFAULT_AVG_CHUNK_SIZE,
@@ -145,11 +145,8 @@ class ObjectStoreBlobService(BlobService):
         return StoreTimeoutError(f"{what}: the store did not answer within {self.timeout} s")
 
     async def _exists(self, key: str) -> bool:
-        try:
-            with anyio.move_on_after(self.timeout):
-                return await self._adapter.exists_async(key)
-        except Exception as e:
-            raise translate_store_error(e, f"checking {key}") from e
+        with anyio.move_on_after(self.timeout):
+            return await self._adapter.exists_async(key)
         raise self._timed_out(f"checking {key}")
 
     async def has(self, digest: DigestLike) -> bool:
@@ -168,11 +165,8 @@ class ObjectStoreBlobService(BlobService):
         digest = B3Digest.coerce(digest)
         key = self._layout.blob(digest.digest)
         raw: Buffer | None = None
-        try:
-            with anyio.move_on_after(self.timeout) as scope:
-                raw = await self._adapter.get_async(key)
-        except Exception as e:
-            raise translate_store_error(e, f"reading blob index {key}") from e
+        with anyio.move_on_after(self.timeout) as scope:
+            raw = await self._adapter.get_async(key)
         if scope.cancelled_caught:
             raise self._timed_out(f"reading blob index {key}")
         if raw is None:
@@ -206,21 +200,15 @@ class ObjectStoreBlobService(BlobService):
         # thread pullers, which fetch runs of chunks per worker job, not a hop per chunk.
         return ChunkedReader(found, self, prefetch=self._prefetch, blob_digest=digest)
 
-    def _get(self, key: str, what: str) -> Buffer | None:
-        try:
-            return self._adapter.get(key)
-        except Exception as e:
-            raise translate_store_error(e, f"reading {what} {key}") from e
-
     def _locate(self, digest: B3Digest) -> bytes | list[ChunkMeta] | None:
         """In a worker: the verified bytes of a one-chunk blob, its chunk list, or None."""
         d = digest.digest
         ckey = self._layout.chunk(d)
-        frame = self._get(ckey, "chunk")
+        frame = self._adapter.get(ckey)
         if frame is not None:
             return decode_chunk(frame, d, expected_size=None, max_size=self._read_limit)
         ikey = self._layout.blob(d)
-        raw = self._get(ikey, "blob index")
+        raw = self._adapter.get(ikey)
         if raw is None:
             return None
         found = decode_index(raw, self._read_limit)
@@ -230,7 +218,7 @@ class ObjectStoreBlobService(BlobService):
             return b""
         # An index with no chunk list names a blob stored as one chunk. Writers store
         # the chunk before the index, so look again: it may have been written since.
-        frame = self._get(ckey, "chunk")
+        frame = self._adapter.get(ckey)
         if frame is None:
             raise BlobNotFoundError(
                 f"blob {digest.hex()}: its index exists but its chunk {ckey} is missing"
@@ -250,7 +238,7 @@ class ObjectStoreBlobService(BlobService):
 
     def _chunk_frame(self, meta: ChunkMeta) -> Buffer:
         key = self._layout.chunk(meta.digest.digest)
-        frame = self._get(key, "chunk")
+        frame = self._adapter.get(key)
         if frame is None:
             raise BlobNotFoundError(f"chunk {meta.digest.hex()} is missing ({key})")
         return frame

@@ -54,7 +54,7 @@ import blake3
 from castore._digest import B3Digest
 from castore._threads import THRESHOLDS, run_sized
 from castore.blobservice import BlobWriter
-from castore.errors import CastoreError, WriteAbortedError, translate_store_error
+from castore.errors import CastoreError, WriteAbortedError
 from castore.objectstore._chunker import StreamingChunker
 from castore.objectstore._codec import compressor, encode_index
 from castore.objectstore._gc_writer import GcWatch, commit_index
@@ -249,7 +249,7 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
     # one large output buffer per call costs more in page faults than it saves.
     compress = compressor().compress
     adapter = blob.adapter if blob.sync_put else None
-    puts: deque[tuple[str, Future[bool]]] | None = None
+    puts: deque[Future[bool]] | None = None
     if blob.put_pool is not None:
         puts = deque()
         submit = blob.put_pool.submit
@@ -272,39 +272,29 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
                 continue
             if blob.aborted:
                 raise _Abandoned
-            try:
-                # In-process stores answer existence in microseconds: skip compressing a
-                # chunk that is already stored (re-ingesting known data costs no zstd).
-                if adapter.exists(key):
-                    continue
-                frame = compress(piece)
-                if puts is None:
-                    adapter.put_new(key, frame)
-                    continue
-            except Exception as e:
-                raise translate_store_error(e, f"storing chunk {key}") from e
-            puts.append((key, submit(adapter.put_new, key, frame)))
+            # In-process stores answer existence in microseconds: skip compressing a
+            # chunk that is already stored (re-ingesting known data costs no zstd).
+            if adapter.exists(key):
+                continue
+            frame = compress(piece)
+            if puts is None:
+                adapter.put_new(key, frame)
+                continue
+            puts.append(submit(adapter.put_new, key, frame))
             while len(puts) > _PUTS_PER_JOB:
-                _put_result(*puts.popleft())
+                puts.popleft().result()
         while puts:
-            _put_result(*puts.popleft())
+            puts.popleft().result()
     finally:
         if puts:
             # Failing: let the puts already started finish (nothing may touch the store
             # once the writer is closed); the first error is the one reported.
-            for _, fut in puts:
+            for fut in puts:
                 fut.cancel()
-            for _, fut in puts:
+            for fut in puts:
                 with contextlib.suppress(BaseException):
                     fut.result()
     return _Done(digests, sizes, keys, frames)
-
-
-def _put_result(key: str, fut: Future[bool]) -> None:
-    try:
-        fut.result()
-    except Exception as e:
-        raise translate_store_error(e, f"storing chunk {key}") from e
 
 
 class _Uploads:
@@ -314,14 +304,8 @@ class _Uploads:
         self._adapter = adapter
         self._max_count = max_count
         self._max_bytes = max_bytes
-        self._pending: dict[asyncio.Task[None], int] = {}
+        self._pending: dict[asyncio.Task[bool], int] = {}
         self._bytes = 0
-
-    async def _put(self, key: str, frame: Buffer) -> None:
-        try:
-            await self._adapter.put_new_async(key, frame)
-        except Exception as e:
-            raise translate_store_error(e, f"storing chunk {key}") from e
 
     async def add(self, key: str, frame: Buffer) -> None:
         size = len(memoryview(frame))
@@ -329,7 +313,7 @@ class _Uploads:
             len(self._pending) >= self._max_count or self._bytes + size > self._max_bytes
         ):
             await self._wait_one()
-        task = asyncio.ensure_future(self._put(key, frame))
+        task = asyncio.ensure_future(self._adapter.put_new_async(key, frame))
         self._pending[task] = size
         self._bytes += size
 
@@ -419,10 +403,7 @@ async def _consume(
         key = blob.layout.blob(digest)
 
         async def put_index() -> None:
-            try:
-                await blob.adapter.put_async(key, index)
-            except Exception as e:
-                raise translate_store_error(e, f"storing blob index {key}") from e
+            await blob.adapter.put_async(key, index)
 
         # Garbage collection may be sweeping chunks this blob reuses: clear them first.
         await commit_index(blob.gc, gc_start, digests, key, put_index)

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 from obstore.exceptions import GenericError
@@ -43,6 +43,7 @@ from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore.blobservice import BlobReader, BlobService, BlobWriter
 from castore.errors import StoreTimeoutError, StoreUnavailableError
 from castore.objectstore._adapter import ObjectInfo, ObstoreAdapter, StoreAdapter
+from castore.objectstore._errors import map_store_errors
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -221,14 +222,31 @@ STORE_OPS = ("get", "exists", "put", "list", "head", "delete", "any")
 
 
 class InjectedStoreError(GenericError):
-    """What a planned ``Fault.ERROR`` raises inside :class:`FaultyStore`: an obstore
-    error, which the service translates (``translate_store_error``) to a
-    :class:`~castore.errors.StoreError`, as it would a real store's failure."""
+    """The failure a planned ``Fault.ERROR`` stands for inside :class:`FaultyStore`: an
+    obstore error, translated to a :class:`~castore.errors.StoreError` at the adapter
+    exactly as a real store's failure is (it is the castore error's ``__cause__``)."""
 
 
 class InjectedStoreTimeout(TimeoutError):
-    """What a planned ``Fault.TIMEOUT`` raises inside :class:`FaultyStore` (the service
-    translates it to :class:`~castore.errors.StoreTimeoutError`)."""
+    """The failure a planned ``Fault.TIMEOUT`` stands for inside :class:`FaultyStore`,
+    translated to :class:`~castore.errors.StoreTimeoutError` (its ``__cause__``)."""
+
+
+#: How the adapter names each operation in its error messages.
+_VERBS = {
+    "get": "reading",
+    "exists": "checking",
+    "put": "storing",
+    "list": "listing",
+    "head": "checking",
+    "delete": "deleting",
+}
+
+
+def _raise_translated(injected: Exception, op: str, key: str) -> NoReturn:
+    """Raise ``injected`` through the translation a real store's error takes."""
+    with map_store_errors(_VERBS[op], key):
+        raise injected
 
 
 @dataclass
@@ -253,10 +271,12 @@ class FaultyStore(StoreAdapter):
     Faults apply on the synchronous calls (made from worker threads) and the async ones
     alike:
 
-    - ``ERROR`` raises :class:`InjectedStoreError`, ``TIMEOUT``
-      :class:`InjectedStoreTimeout`; with ``after=True`` the call is made first and the
-      error raised once it has succeeded (the store did it, the caller is told it failed,
-      as when a response is lost).
+    - ``ERROR`` raises a :class:`~castore.errors.StoreError` caused by an
+      :class:`InjectedStoreError`, ``TIMEOUT`` a :class:`~castore.errors.StoreTimeoutError`
+      caused by an :class:`InjectedStoreTimeout`: the foreign error passes the same
+      translation as a real store's, so the adapter raises castore errors only. With
+      ``after=True`` the call is made first and the error raised once it has succeeded
+      (the store did it, the caller is told it failed, as when a response is lost).
     - ``DELAY`` sleeps ``delay`` seconds first.
     - ``HANG`` never answers: an async call waits until cancelled; a synchronous one,
       which nothing can cancel, blocks its thread until :meth:`release` or
@@ -368,11 +388,14 @@ class FaultyStore(StoreAdapter):
                 self.faults.append((op, key, chosen.fault))
             return chosen
 
-    def _error(self, p: _StorePlan, op: str, key: str) -> Exception:
+    def _fail(self, p: _StorePlan, op: str, key: str) -> NoReturn:
         n = self.calls[op]
+        injected: Exception
         if p.fault is Fault.TIMEOUT:
-            return InjectedStoreTimeout(f"injected timeout in {op} {key} (call {n})")
-        return InjectedStoreError(f"injected fault in {op} {key} (call {n})")
+            injected = InjectedStoreTimeout(f"injected timeout in {op} {key} (call {n})")
+        else:
+            injected = InjectedStoreError(f"injected fault in {op} {key} (call {n})")
+        _raise_translated(injected, op, key)
 
     def _before_sync(self, p: _StorePlan | None, op: str, key: str) -> None:
         if p is None or p.after:
@@ -383,9 +406,9 @@ class FaultyStore(StoreAdapter):
             with self._lock:
                 release = self._release
             release.wait(self.hang_limit)
-            raise InjectedStoreError(f"a hung {op} {key} was released")
+            _raise_translated(InjectedStoreError(f"a hung {op} {key} was released"), op, key)
         elif p.fault in (Fault.ERROR, Fault.TIMEOUT):
-            raise self._error(p, op, key)
+            self._fail(p, op, key)
 
     async def _before_async(self, p: _StorePlan | None, op: str, key: str) -> None:
         if p is None or p.after:
@@ -395,11 +418,11 @@ class FaultyStore(StoreAdapter):
         elif p.fault is Fault.HANG:
             await anyio.sleep_forever()
         elif p.fault in (Fault.ERROR, Fault.TIMEOUT):
-            raise self._error(p, op, key)
+            self._fail(p, op, key)
 
     def _after(self, p: _StorePlan | None, op: str, key: str) -> None:
         if p is not None and p.after:
-            raise self._error(p, op, key)
+            self._fail(p, op, key)
 
     def _mangle(self, p: _StorePlan | None, key: str, data: Buffer | None) -> Buffer | None:
         if p is None or p.fault not in (Fault.TRUNCATE, Fault.FLIP):
