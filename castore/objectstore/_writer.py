@@ -342,6 +342,26 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
+async def _put_index(adapter: StoreAdapter, key: str, index: bytes) -> None:
+    """Store the blob index: the write's commit point.
+
+    A put that has started cannot be called back (the store finishes it), so a cancel
+    that arrives meanwhile waits for the put's outcome before it propagates: once the
+    consumer has stopped, the index is stored already or never will be.
+    """
+    put = asyncio.ensure_future(adapter.put_async(key, index))
+    cancel: asyncio.CancelledError | None = None
+    while not put.done():
+        try:
+            await asyncio.wait([put])
+        except asyncio.CancelledError as e:
+            cancel = e
+    if cancel is not None:
+        _retrieve(put)
+        raise cancel
+    put.result()
+
+
 async def _consume(
     blob: _Blob,
     receive: MemoryObjectReceiveStream[Piece],
@@ -403,7 +423,7 @@ async def _consume(
         key = blob.layout.blob(digest)
 
         async def put_index() -> None:
-            await blob.adapter.put_async(key, index)
+            await _put_index(blob.adapter, key, index)
 
         # Garbage collection may be sweeping chunks this blob reuses: clear them first.
         await commit_index(blob.gc, gc_start, digests, key, put_index)
