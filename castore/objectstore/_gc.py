@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 
-from castore.errors import translate_store_error
+from castore.objectstore._errors import store_error
 from castore.objectstore._gc_mark import (
     Marks,
     Progress,
@@ -180,13 +180,13 @@ class _Run:
         try:
             return await self.adapter.put_new_async(key, encode_json(doc))
         except Exception as e:
-            raise translate_store_error(e, f"writing {key}") from e
+            raise store_error(e, f"writing {key}") from e
 
     async def _head(self, key: str) -> ObjectInfo | None:
         try:
             return await self.adapter.head_async(key)
         except Exception as e:
-            raise translate_store_error(e, f"reading {key}") from e
+            raise store_error(e, f"reading {key}") from e
 
     async def grace_of(self, g: Generation) -> float:
         doc = await read_marker(self.adapter, self.keys, g.number)
@@ -245,9 +245,7 @@ class _Run:
         try:
             infos = await _heads(self.adapter, keys)
         except Exception as e:
-            raise translate_store_error(
-                e, f"reading condemned chunks of generation {g.number}"
-            ) from e
+            raise store_error(e, f"reading condemned chunks of generation {g.number}") from e
         doomed: list[str] = []
         doomed_bytes = 0
         for key, info in zip(keys, infos, strict=True):
@@ -267,7 +265,7 @@ class _Run:
             try:
                 await self.adapter.delete_async(doomed)
             except Exception as e:
-                raise translate_store_error(e, f"deleting chunks of generation {g.number}") from e
+                raise store_error(e, f"deleting chunks of generation {g.number}") from e
         self.tally.deleted += len(doomed)
         self.tally.deleted_bytes += doomed_bytes
 
@@ -290,7 +288,7 @@ class _Run:
         try:
             await self.adapter.put_async(list_key, records)
         except Exception as e:
-            raise translate_store_error(e, f"writing {list_key}") from e
+            raise store_error(e, f"writing {list_key}") from e
         doc = marker_doc(
             cutoff=cutoff, grace=grace, min_age=min_age, list_name=name, count=count, size=size
         )
@@ -299,7 +297,7 @@ class _Run:
             try:
                 await self.adapter.delete_async([list_key])
             except Exception as e:
-                raise translate_store_error(e, f"deleting {list_key}") from e
+                raise store_error(e, f"deleting {list_key}") from e
             return 0, 0
         return count, size
 

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 
-from castore.errors import MalformedIndexError, translate_store_error
+from castore.errors import MalformedIndexError
 from castore.objectstore._codec import decode_index
+from castore.objectstore._errors import store_error
 from castore.objectstore._gc_state import RECORD
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ async def list_chunks(
             if progress is not None:
                 progress("listing chunks", out.objects, None)
     except Exception as e:
-        raise translate_store_error(e, f"listing {prefix}") from e
+        raise store_error(e, f"listing {prefix}") from e
     return out
 
 
@@ -190,7 +191,7 @@ async def mark(
     except MalformedIndexError:
         raise
     except Exception as e:
-        raise translate_store_error(e, f"marking from the indexes under {prefix}") from e
+        raise store_error(e, f"marking from the indexes under {prefix}") from e
     return marks
 
 

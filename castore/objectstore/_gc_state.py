@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import anyio
 
-from castore.errors import GcLeaseError, StoreError, translate_store_error
+from castore.errors import GcLeaseError, StoreError
+from castore.objectstore._errors import store_error
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -118,7 +119,7 @@ def holder_name() -> str:
 
 
 def _translated(e: Exception, what: str) -> Exception:
-    return translate_store_error(e, what)
+    return store_error(e, what)
 
 
 async def store_now(adapter: StoreAdapter, keys: GcKeys) -> float:

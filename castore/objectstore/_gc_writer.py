@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from castore.errors import GcConflictError, UnsupportedOperationError, translate_store_error
+from castore.errors import GcConflictError, UnsupportedOperationError
 from castore.objectstore._codec import decode_chunk
+from castore.objectstore._errors import store_error
 from castore.objectstore._gc_state import (
     WRITER_WINDOW,
     Condemned,
@@ -162,7 +163,7 @@ class GcWatch:
                 if await self._adapter.head_async(key) is None:
                     missing.append(c)
             except Exception as e:
-                raise translate_store_error(e, f"checking chunk {key}") from e
+                raise store_error(e, f"checking chunk {key}") from e
 
         await self._each(head, hits)
         return missing
@@ -185,7 +186,7 @@ class GcWatch:
                 if await self._adapter.head_async(key) is not None:
                     return
             except Exception as e:
-                raise translate_store_error(e, f"checking {key}") from e
+                raise store_error(e, f"checking {key}") from e
             if self._clock.now() >= deadline:
                 raise GcConflictError(
                     f"a garbage collection sweep (generation {k}) that may delete chunks "
@@ -201,7 +202,7 @@ class GcWatch:
             try:
                 frame = await self._adapter.get_async(key)
             except Exception as e:
-                raise translate_store_error(e, f"reading chunk {key}") from e
+                raise store_error(e, f"reading chunk {key}") from e
             if frame is None:
                 raise GcConflictError(
                     f"chunk {c.hex()} of this blob was deleted while the blob was written "
@@ -215,7 +216,7 @@ class GcWatch:
             try:
                 await self._adapter.put_async(key, frame)
             except Exception as e:
-                raise translate_store_error(e, f"rescuing chunk {key}") from e
+                raise store_error(e, f"rescuing chunk {key}") from e
 
         await self._each(rescue, hits)
 
@@ -284,7 +285,7 @@ class GcWatch:
         try:
             await self._adapter.delete_async([index_key])
         except Exception as e:
-            raise translate_store_error(e, f"withdrawing blob index {index_key}") from e
+            raise store_error(e, f"withdrawing blob index {index_key}") from e
         return len(await self._missing(missing)) < len(missing)
 
 
