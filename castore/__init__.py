@@ -8,7 +8,7 @@ Start with :func:`from_addr`.
 from __future__ import annotations
 
 from castore._digest import EMPTY_DIGEST, B3Digest, ChunkMeta
-from castore.blobservice import BlobReader, BlobService, BlobWriter
+from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter
 from castore.combined import CombinedBlobService
 from castore.errors import (
     BlobNotFoundError,
@@ -18,6 +18,7 @@ from castore.errors import (
     InvalidAddressError,
     InvalidDigestError,
     StoreError,
+    UnsupportedOperationError,
     WriteAbortedError,
     WriterClosedError,
 )
@@ -36,6 +37,7 @@ from castore.wrappers import (
 __all__ = [
     "EMPTY_DIGEST",
     "B3Digest",
+    "BlobInfo",
     "BlobNotFoundError",
     "BlobReader",
     "BlobService",
@@ -57,6 +59,7 @@ __all__ = [
     "RetryBlobService",
     "StatsBlobService",
     "StoreError",
+    "UnsupportedOperationError",
     "WriteAbortedError",
     "WriterClosedError",
     "from_addr",

@@ -9,15 +9,21 @@ from __future__ import annotations
 import abc
 import io
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 import anyio.lowlevel
 
 from castore._digest import B3Digest, ChunkMeta, DigestLike
-from castore.errors import CastoreError, WriteAbortedError, WriterClosedError
+from castore.errors import (
+    CastoreError,
+    UnsupportedOperationError,
+    WriteAbortedError,
+    WriterClosedError,
+)
 
-__all__ = ["BlobReader", "BlobService", "BlobWriter", "BytesReader"]
+__all__ = ["BlobInfo", "BlobReader", "BlobService", "BlobWriter", "BytesReader"]
 
 #: Block size for ``async for`` over a reader that has no natural blocks.
 DEFAULT_BLOCK = 256 * 1024
@@ -206,6 +212,38 @@ class BlobService(AsyncResource, abc.ABC):
         digest = B3Digest.coerce(digest)
         return [] if await self.has(digest) else None
 
+    async def delete(self, digest: DigestLike) -> bool:
+        """Remove the blob as a root; ``True`` if it was stored, ``False`` if not.
+
+        Services that own their storage implement it (memory, object store; combined
+        deletes from near and far; wrappers forward). The default raises
+        :class:`~castore.errors.UnsupportedOperationError`, as the gRPC client does: the
+        tvix protocol has no delete.
+
+        On a chunking store (the object store) delete removes the blob's index at once
+        and leaves its chunks for garbage collection, because every chunk stays readable
+        under its own digest: tvix clients read a blob chunk by chunk, and another blob
+        may use the same chunk. So after deleting a blob of two or more chunks, ``has``
+        is false and ``open_read`` and ``chunks`` give ``None`` at once; a blob stored as
+        one chunk (its chunk carries its own digest) stays readable by that digest until
+        garbage collection reclaims the chunk, and for as long as another blob uses it.
+        Either way the blob is no longer listed, and no other blob is affected. Erasing
+        bytes is delete, then garbage collection (``docs/lifecycle.md``).
+        """
+        raise UnsupportedOperationError(f"{type(self).__name__} cannot delete blobs")
+
+    async def list_blobs(self, *, details: bool = False) -> AsyncIterator[BlobInfo]:
+        """Every stored blob, as :class:`BlobInfo`, in no particular order.
+
+        ``details=True`` also fills in each blob's size and chunk count, which costs a
+        read of each blob's index on a chunking store. Blobs written or deleted while the
+        listing runs may or may not appear. The default raises
+        :class:`~castore.errors.UnsupportedOperationError` (the tvix protocol cannot
+        list).
+        """
+        raise UnsupportedOperationError(f"{type(self).__name__} cannot list blobs")
+        yield  # pragma: no cover - makes this an async generator
+
     async def put(self, data: bytes | bytearray | memoryview) -> B3Digest:
         """Convenience: write ``data`` as one blob and return its digest."""
         async with await self.open_write() as w:
@@ -223,6 +261,22 @@ class BlobService(AsyncResource, abc.ABC):
 
     async def aclose(self) -> None:
         """Release connections and background resources."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """One stored blob, as :meth:`BlobService.list_blobs` reports it.
+
+    ``size`` (bytes) and ``chunk_count`` are ``None`` unless details were asked for, or
+    where the service cannot tell: a backend that stores whole blobs (memory) has no
+    chunk count; a blob whose index or only chunk cannot be read has neither. The chunk
+    count is the number of chunk objects holding the blob: 0 for the empty blob, 1 for
+    a blob stored as one chunk.
+    """
+
+    digest: B3Digest
+    size: int | None = None
+    chunk_count: int | None = None
 
 
 class BytesReader(BlobReader):

@@ -31,13 +31,20 @@ copy (writes go to near), and absence is an answer, not a guess.
 Writes go to near; with ``write_through=True`` they are teed to both, closed together,
 and must agree on the digest. If one side fails the write fails, though the other side
 may have stored the blob (harmless in a content-addressed store).
+
+``delete`` deletes from far, then from near (a blob left in either would still be
+served), and fails if either side fails or cannot delete (a gRPC far: then near is left
+as it was). ``list_blobs`` lists near, then the blobs of far that near did not list: the
+union, each blob once. Near's listing includes what reads copied into it, and chunks
+copied from far are stored in near as blobs of their own, so a warm near lists chunk
+digests too (each reads back as that chunk's bytes).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar, cast
 
 import anyio
@@ -45,7 +52,7 @@ import blake3
 
 from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore._threads import hash_update
-from castore.blobservice import BlobReader, BlobService, BlobWriter
+from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter
 from castore.errors import (
     BlobNotFoundError,
     CastoreError,
@@ -197,6 +204,29 @@ class CombinedBlobService(BlobService):
         if not self.write_through:
             return near
         return _TeeWriter(near, await self._far.open_write())
+
+    async def delete(self, digest: DigestLike) -> bool:
+        """Delete from far, then from near; ``True`` if either held the blob.
+
+        Either side's failure fails the call: a blob left on one side would still be
+        read through this service. Far goes first so that a far that cannot delete (a
+        gRPC client) leaves near as it was.
+        """
+        digest = B3Digest.coerce(digest)
+        in_far = await self._far.delete(digest)
+        in_near = await self._near.delete(digest)
+        return in_near or in_far
+
+    async def list_blobs(self, *, details: bool = False) -> AsyncIterator[BlobInfo]:
+        """Near's blobs, then far's that near did not list (remembered by digest, so
+        memory grows with near's listing)."""
+        seen: set[B3Digest] = set()
+        async for info in self._near.list_blobs(details=details):
+            seen.add(info.digest)
+            yield info
+        async for info in self._far.list_blobs(details=details):
+            if info.digest not in seen:
+                yield info
 
     async def aclose(self) -> None:
         if self._closed:

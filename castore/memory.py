@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from urllib.parse import SplitResult
 
 import anyio.lowlevel
@@ -9,7 +10,7 @@ import anyio.to_thread
 import blake3
 
 from castore._digest import B3Digest, DigestLike
-from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader
+from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter, BytesReader
 from castore.errors import InvalidAddressError
 from castore.registry import register_scheme, register_type
 
@@ -18,11 +19,17 @@ __all__ = ["MemoryBlobService"]
 # Hash pieces at least this large in a worker thread instead of on the event loop.
 _THREAD_HASH_MIN = 1 << 20
 
+# A listing lets other tasks run after this many blobs.
+_LIST_BATCH = 1000
+
 
 class MemoryBlobService(BlobService):
     """Whole blobs in process memory. ``memory://`` in :func:`castore.from_addr`.
 
-    Blobs are not chunked, so :meth:`chunks` returns ``[]`` for a stored blob.
+    Blobs are not chunked, so :meth:`chunks` returns ``[]`` for a stored blob, and
+    :meth:`delete` removes a blob's bytes at once: ``has`` is false afterwards, whatever
+    the blob's size (a blob stored in one piece has no chunk to outlive it). Listings
+    give sizes but no chunk count.
     """
 
     def __init__(self) -> None:
@@ -39,6 +46,19 @@ class MemoryBlobService(BlobService):
 
     async def open_write(self) -> BlobWriter:
         return _MemoryWriter(self._blobs)
+
+    async def delete(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
+        await anyio.lowlevel.checkpoint()
+        return self._blobs.pop(digest, None) is not None
+
+    async def list_blobs(self, *, details: bool = False) -> AsyncIterator[BlobInfo]:
+        # A snapshot: blobs written or deleted meanwhile do not disturb the iteration.
+        items = list(self._blobs.items())
+        for i, (digest, data) in enumerate(items):
+            if i % _LIST_BATCH == 0:
+                await anyio.lowlevel.checkpoint()
+            yield BlobInfo(digest, len(data)) if details else BlobInfo(digest)
 
     def __len__(self) -> int:
         return len(self._blobs)

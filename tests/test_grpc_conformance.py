@@ -27,6 +27,8 @@ def short_tmp() -> Iterator[str]:
 
 
 class TestGRPCOverTCP(BlobServiceConformance):
+    can_delete = can_list = False  # the tvix gRPC protocol has neither
+
     @pytest.fixture
     async def service(self) -> AsyncIterator[BlobService]:
         async with (
@@ -39,6 +41,8 @@ class TestGRPCOverTCP(BlobServiceConformance):
 
 
 class TestGRPCOverUnixSocket(BlobServiceConformance):
+    can_delete = can_list = False  # the tvix gRPC protocol has neither
+
     @pytest.fixture
     async def service(self, short_tmp: str) -> AsyncIterator[BlobService]:
         async with (
@@ -52,6 +56,8 @@ class TestGRPCOverUnixSocket(BlobServiceConformance):
 
 class TestGRPCOverTCPToObjectStore(BlobServiceConformance):
     """The chunked path: Stat lists chunks, the client reads them one Read each."""
+
+    can_delete = can_list = False  # the tvix gRPC protocol has neither
 
     @pytest.fixture
     async def service(self) -> AsyncIterator[BlobService]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import settings
+from obstore.store import MemoryStore
 
-from castore import BlobService, MemoryBlobService
+from castore import B3Digest, BlobInfo, BlobService, MemoryBlobService, ObjectStoreBlobService
 from castore.testing.faults import Fault, FaultyBlobService, InjectedFault
 from castore.testing.statemachine import BlobServiceMachine, blob_service_machine
+from castore.wrappers import WrapperBlobService
 
 EXAMPLES = int(os.environ.get("CASTORE_STATEFUL_EXAMPLES", "15"))
 STATEFUL = settings(max_examples=EXAMPLES, stateful_step_count=15, deadline=None)
@@ -76,6 +79,49 @@ def test_machine_catches_wrong_bytes(machine: type[BlobServiceMachine]) -> None:
             settings=settings(
                 max_examples=20,
                 stateful_step_count=10,
+                deadline=None,
+                database=None,
+                report_multiple_bugs=False,
+            ),
+        )
+
+
+async def _objectstore() -> BlobService:
+    return ObjectStoreBlobService(MemoryStore(), avg_chunk_size=16 * 1024)
+
+
+TestObjectStoreMachine = blob_service_machine(_objectstore).TestCase
+TestObjectStoreMachine.settings = STATEFUL
+
+
+class _KeepsIndexes(WrapperBlobService):
+    """Says it deleted, deletes nothing: a delete that leaves the blob readable."""
+
+    async def delete(self, digest: B3Digest) -> bool:
+        return await self.has(digest)
+
+
+class _ListsNothing(WrapperBlobService):
+    async def list_blobs(self, *, details: bool = False) -> AsyncIterator[BlobInfo]:
+        return
+        yield
+
+
+@pytest.mark.parametrize("broken", [_KeepsIndexes, _ListsNothing])
+def test_machine_catches_broken_delete_and_listing(broken: type[WrapperBlobService]) -> None:
+    """The delete and listing rules are not vacuous: a service whose delete leaves a blob
+    of many chunks in place, or whose listing omits blobs, fails the machine."""
+    from hypothesis.stateful import run_state_machine_as_test
+
+    async def make() -> BlobService:
+        return broken(await _objectstore())
+
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(
+            blob_service_machine(make),
+            settings=settings(
+                max_examples=50,
+                stateful_step_count=15,
                 deadline=None,
                 database=None,
                 report_multiple_bugs=False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
@@ -18,7 +18,7 @@ from obstore.store import (
 
 from castore._digest import EMPTY_DIGEST, B3Digest, ChunkMeta, DigestLike
 from castore._threads import THRESHOLDS, cpu_pool, run_sized
-from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader
+from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter, BytesReader
 from castore.errors import BlobNotFoundError, StoreTimeoutError
 from castore.objectstore._adapter import ObstoreAdapter, StoreAdapter
 from castore.objectstore._chunker import (
@@ -32,6 +32,7 @@ from castore.objectstore._gc_mark import Progress
 from castore.objectstore._gc_state import DEFAULT_LEASE
 from castore.objectstore._gc_writer import GcWatch
 from castore.objectstore._layout import Layout
+from castore.objectstore._listing import StoreCalls, list_blobs
 from castore.objectstore._writer import PUT_THREADS_PER_CPU, ObjectStoreBlobWriter, PipelineConfig
 from castore.reader import ChunkedReader
 
@@ -77,7 +78,8 @@ class ObjectStoreBlobService(BlobService):
     The empty blob: ``has(EMPTY_DIGEST)`` is false and ``open_read`` returns ``None``
     until it has been written (which stores a 0-byte index), so that ``has(d)`` holds
     exactly when ``open_read(d)`` returns a reader. Rust returns empty data for it even
-    when nothing was written; castore does not invent blobs.
+    when nothing was written; castore does not invent blobs. Deleting it removes that
+    index, and it is absent again.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class ObjectStoreBlobService(BlobService):
                 f"{MAX_AVG_CHUNK_SIZE}, got {avg_chunk_size!r}"
             )
         self._layout = Layout(prefix)
+        self._calls = StoreCalls(self._adapter, timeout)
         self._prefix = prefix
         self.avg_chunk_size = avg_chunk_size
         self.min_chunk_size = avg_chunk_size // 2
@@ -320,6 +323,39 @@ class ObjectStoreBlobService(BlobService):
             lease=lease,
             progress=progress,
         )
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def delete(self, digest: DigestLike) -> bool:
+        """Delete the blob's index; its chunks stay until garbage collection.
+
+        ``True`` if an index was found and deleted. A blob of two or more chunks is gone
+        at once (``has`` false, ``open_read`` and ``chunks`` ``None``). A blob stored as
+        one chunk keeps that chunk under its own digest, readable until garbage
+        collection reclaims it, and for as long as another blob uses it, since tvix
+        clients read a blob's chunks by their digests. A digest with no index (a chunk
+        only) has nothing to delete: ``False``. See :meth:`BlobService.delete`.
+        """
+        digest = B3Digest.coerce(digest)
+        key = self._layout.blob(digest.digest)
+        if not await self._exists(key):
+            return False
+        await self._calls.call(
+            f"deleting blob index {key}", lambda: self._adapter.delete_async([key])
+        )
+        return True
+
+    async def list_blobs(self, *, details: bool = False) -> AsyncIterator[BlobInfo]:
+        """Every blob with an index, one LIST page at a time; see :meth:`BlobService.list_blobs`.
+
+        With ``details``, each blob's index is read (a few dozen at once on a remote
+        store) for its size and chunk count; a blob stored as one chunk also costs a GET
+        of that chunk. Each store call is bounded by ``timeout``.
+        """
+        async for info in list_blobs(
+            self._calls, self._layout, details=details, read_limit=self._read_limit
+        ):
+            yield info
 
     async def aclose(self) -> None:
         """Let the writer threads go once their queued work is done."""

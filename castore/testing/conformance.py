@@ -13,7 +13,10 @@ The async tests need an async pytest plugin; castore's own suite uses anyio's (m
 tests with ``pytest.mark.anyio``, or let a conftest hook do it). The suite holds Rust
 tvix-castore's shared blob-service tests (DESIGN section 6) and castore's additions:
 the empty blob, chunk lists, the writer's state machine, concurrent writers, a large
-round trip and random seeks checked against the bytes (Hypothesis).
+round trip, random seeks checked against the bytes (Hypothesis), and deleting and
+listing (``docs/lifecycle.md``). A service that cannot delete or list (the gRPC client:
+the tvix protocol has neither) sets ``can_delete``/``can_list`` to ``False``, and the
+suite checks that it says so with :class:`~castore.errors.UnsupportedOperationError`.
 """
 
 from __future__ import annotations
@@ -30,8 +33,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from castore._digest import EMPTY_DIGEST, B3Digest
-from castore.blobservice import BlobService
-from castore.errors import InvalidDigestError, WriteAbortedError, WriterClosedError
+from castore.blobservice import BlobInfo, BlobService
+from castore.errors import (
+    InvalidDigestError,
+    UnsupportedOperationError,
+    WriteAbortedError,
+    WriterClosedError,
+)
 from castore.testing.fixtures import BLOB_A, BLOB_A_DIGEST, BLOB_B, BLOB_B_DIGEST
 
 __all__ = ["BlobServiceConformance", "pseudo_random_bytes"]
@@ -61,6 +69,14 @@ class BlobServiceConformance:
 
     #: Size of the large round-trip blob; 64 MiB as the suite specifies.
     large_blob_size: int = 64 * 1024 * 1024
+
+    #: Whether the service deletes blobs; if not, ``delete`` must raise
+    #: :class:`~castore.errors.UnsupportedOperationError`.
+    can_delete: bool = True
+
+    #: Whether the service lists blobs; if not, ``list_blobs`` must raise
+    #: :class:`~castore.errors.UnsupportedOperationError`.
+    can_list: bool = True
 
     @pytest.fixture
     async def service(self) -> AsyncIterator[BlobService]:
@@ -343,3 +359,152 @@ class BlobServiceConformance:
                         assert await reader.seek(arg, whence) == target
                         pos = target
                 assert reader.tell() == pos
+
+    # --- deleting and listing ------------------------------------------------------
+
+    async def _listed(self, service: BlobService, *, details: bool = False) -> list[BlobInfo]:
+        return [info async for info in service.list_blobs(details=details)]
+
+    async def test_delete_unsupported_says_so(self, service: BlobService) -> None:
+        if self.can_delete:
+            assert await service.delete(MISSING) is False
+            return
+        digest = await service.put(BLOB_A)
+        with pytest.raises(UnsupportedOperationError):
+            await service.delete(digest)
+        assert await service.get(digest) == BLOB_A
+
+    async def test_list_unsupported_says_so(self, service: BlobService) -> None:
+        if self.can_list:
+            assert await self._listed(service) == []
+            return
+        with pytest.raises(UnsupportedOperationError):
+            await self._listed(service)
+
+    async def test_delete_blob_of_many_chunks(self, service: BlobService) -> None:
+        """A blob of two or more chunks (or any blob, on a store that does not chunk) is
+        gone at once: ``has`` false, ``open_read`` and ``chunks`` ``None``, not listed."""
+        if not self.can_delete:
+            return
+        data = pseudo_random_bytes(3 * 1024 * 1024 + 5, seed=20)
+        digest = await service.put(data)
+        chunks = await service.chunks(digest)
+        assert await service.delete(digest) is True
+        assert await service.has(digest) is False
+        assert await service.open_read(digest) is None
+        assert await service.chunks(digest) is None
+        assert await service.delete(digest) is False
+        if self.can_list:
+            assert digest not in {i.digest for i in await self._listed(service)}
+        # Its chunks stay readable by their own digests (until garbage collection).
+        offset = 0
+        for c in chunks or []:
+            reader = await service.open_read(c.digest)
+            if reader is not None:
+                async with reader:
+                    assert await reader.read() == data[offset : offset + c.size]
+            offset += c.size
+        # Putting it again brings it back.
+        assert await service.put(data) == digest
+        assert await service.get(digest) == data
+
+    async def test_delete_blob_of_one_chunk(self, service: BlobService) -> None:
+        """A small blob is no longer listed after delete; whatever the service still
+        serves under its digest (a chunking store keeps the chunk until garbage
+        collection) is its exact bytes."""
+        if not self.can_delete:
+            return
+        digest = await service.put(BLOB_A)
+        other = await service.put(BLOB_B)
+        assert await service.delete(digest) is True
+        assert await service.delete(digest) is False
+        if self.can_list:
+            assert {i.digest for i in await self._listed(service)} == {other}
+        if await service.has(digest):
+            assert await service.get(digest) == BLOB_A
+            assert await service.chunks(digest) == []
+        else:
+            assert await service.open_read(digest) is None
+            assert await service.chunks(digest) is None
+        assert await service.get(other) == BLOB_B
+
+    async def test_delete_empty_blob(self, service: BlobService) -> None:
+        """The empty blob has no chunk to outlive its index: deleted, it is absent."""
+        if not self.can_delete:
+            return
+        assert await service.delete(EMPTY_DIGEST) is False
+        assert await service.put(b"") == EMPTY_DIGEST
+        assert await service.delete(EMPTY_DIGEST) is True
+        assert await service.has(EMPTY_DIGEST) is False
+        assert await service.open_read(EMPTY_DIGEST) is None
+        assert await service.chunks(EMPTY_DIGEST) is None
+
+    async def test_delete_never_breaks_another_blob(self, service: BlobService) -> None:
+        """Blobs that share chunks with a deleted blob read back exactly, whole and chunk
+        by chunk; so does a blob whose bytes are exactly one chunk of the deleted one."""
+        if not self.can_delete:
+            return
+        base = pseudo_random_bytes(3 * 1024 * 1024, seed=21)
+        x = base + b"x" * 1000
+        z = base[: 2 * 1024 * 1024] + pseudo_random_bytes(700_000, seed=22)
+        dx, dz = await service.put(x), await service.put(z)
+        x_chunks = await service.chunks(dx) or []
+        # A blob equal to one chunk of x has that chunk's digest (FastCDC cuts it alone
+        # as it cut it in x): on a chunking store the two share one object.
+        if len(x_chunks) >= 2:
+            start = x_chunks[0].size
+            y = x[start : start + x_chunks[1].size]
+            assert await service.put(y) == x_chunks[1].digest
+        else:
+            y = pseudo_random_bytes(1000, seed=23)
+            await service.put(y)
+        dy = B3Digest.of(y)
+
+        assert await service.delete(dy) is True
+        await _assert_reads(service, dx, x)
+        await _assert_reads(service, dz, z)
+
+        assert await service.delete(dx) is True
+        assert await service.has(dx) is False
+        await _assert_reads(service, dz, z)
+        if len(x_chunks) >= 2:
+            # y's bytes are still x's chunk, and z may use it too: readable by digest.
+            assert await service.get(dy) == y
+        if self.can_list:
+            # (A caching service may also list chunks it keeps as blobs of their own.)
+            listed = {i.digest for i in await self._listed(service)}
+            assert dz in listed and dx not in listed
+
+    async def test_list_blobs(self, service: BlobService) -> None:
+        """Every stored blob is listed once; details give each blob's size, and the chunk
+        count agrees with ``chunks``."""
+        if not self.can_list:
+            return
+        big = pseudo_random_bytes(2 * 1024 * 1024 + 3, seed=24)
+        blobs = {B3Digest.of(d): d for d in (BLOB_A, BLOB_B, b"", big)}
+        for data in blobs.values():
+            await service.put(data)
+        await service.put(BLOB_A)  # a second write does not list it twice
+        plain = await self._listed(service)
+        assert sorted(i.digest.hex() for i in plain) == sorted(d.hex() for d in blobs)
+        assert all(i.size is None and i.chunk_count is None for i in plain)
+        detailed = await self._listed(service, details=True)
+        assert len(detailed) == len(blobs)
+        for info in detailed:
+            assert info.size == len(blobs[info.digest])
+            chunks = await service.chunks(info.digest)
+            assert chunks is not None
+            if chunks:
+                assert info.chunk_count == len(chunks)
+            elif info.chunk_count is not None:
+                assert info.chunk_count == (0 if info.digest == EMPTY_DIGEST else 1)
+
+
+async def _assert_reads(service: BlobService, digest: B3Digest, data: bytes) -> None:
+    """``data`` reads back whole under ``digest``, and chunk by chunk by chunk digests."""
+    assert await service.has(digest)
+    assert await service.get(digest) == data
+    offset = 0
+    for c in await service.chunks(digest) or []:
+        assert await service.get(c.digest) == data[offset : offset + c.size]
+        offset += c.size

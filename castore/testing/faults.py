@@ -20,9 +20,10 @@ layers above never store a partial blob and never pass on wrong bytes::
 
 :class:`FaultyBlobService` operations: ``has``, ``open_read``, ``read`` (each
 ``BlobReader.read``), ``open_write``, ``write`` (each ``BlobWriter.write``), ``close``,
-``chunks``. :class:`FaultyStore` operations: ``get``, ``exists`` (a HEAD), ``put``
-(conditional creates and plain puts), ``list`` (once per listing, before its first
-page), ``head``, ``delete`` (once per batch), and ``any`` (every call).
+``chunks``, ``delete``, ``list`` (once per ``list_blobs``, before the first blob).
+:class:`FaultyStore` operations: ``get``, ``exists`` (a HEAD), ``put`` (conditional
+creates and plain puts), ``list`` (once per listing, before its first page), ``head``,
+``delete`` (once per batch), and ``any`` (every call).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import anyio
 from obstore.exceptions import GenericError
 
 from castore._digest import B3Digest, ChunkMeta, DigestLike
-from castore.blobservice import BlobReader, BlobService, BlobWriter
+from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter
 from castore.errors import StoreTimeoutError, StoreUnavailableError
 from castore.objectstore._adapter import ObjectInfo, ObstoreAdapter, StoreAdapter
 from castore.objectstore._errors import map_store_errors
@@ -59,7 +60,7 @@ __all__ = [
     "InjectedStoreTimeout",
 ]
 
-OPS = ("has", "open_read", "read", "open_write", "write", "close", "chunks")
+OPS = ("has", "open_read", "read", "open_write", "write", "close", "chunks", "delete", "list")
 
 
 class InjectedFault(StoreUnavailableError):
@@ -163,6 +164,16 @@ class FaultyBlobService(BlobService):
     async def open_write(self) -> BlobWriter:
         await self._enter("open_write")
         return _FaultyWriter(self, await self.inner.open_write())
+
+    async def delete(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
+        await self._enter("delete")
+        return await self.inner.delete(digest)
+
+    async def list_blobs(self, *, details: bool = False) -> AsyncIterator[BlobInfo]:
+        await self._enter("list")
+        async for info in self.inner.list_blobs(details=details):
+            yield info
 
     async def aclose(self) -> None:
         await self.inner.aclose()

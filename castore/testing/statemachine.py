@@ -1,11 +1,14 @@
 """A Hypothesis state machine that checks any BlobService against the in-memory model.
 
 It writes blobs (whole, in pieces, concurrently overlapping content), aborts writes,
-reads with random seeks, and asks ``has`` and ``chunks``, comparing every answer with a
-:class:`~castore.MemoryBlobService`. Faults may be allowed: then an operation may raise
-one of ``allowed_errors``, and the machine checks what must still hold: an acknowledged
-blob is never lost, whatever the service claims to hold reads back exactly, and a failed
-or aborted write never leaves a blob with wrong bytes.
+reads with random seeks, asks ``has`` and ``chunks``, deletes blobs and lists them,
+comparing every answer with a :class:`~castore.MemoryBlobService`. A deleted blob must not
+take another blob with it, and whatever the service still serves under a deleted digest
+(a chunking store keeps a one-chunk blob's chunk until garbage collection) must be its
+exact bytes; every acknowledged blob must be listed, once. Faults may be allowed: then an
+operation may raise one of ``allowed_errors``, and the machine checks what must still
+hold: an acknowledged blob is never lost, whatever the service claims to hold reads back
+exactly, and a failed or aborted write never leaves a blob with wrong bytes.
 
 Use it from a test module, by subclassing::
 
@@ -36,8 +39,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 
 from castore._digest import B3Digest
-from castore.blobservice import BlobService
-from castore.errors import CastoreError
+from castore.blobservice import BlobInfo, BlobService
+from castore.errors import CastoreError, UnsupportedOperationError
 from castore.memory import MemoryBlobService
 
 __all__ = ["BlobServiceMachine", "blob_service_machine"]
@@ -72,6 +75,11 @@ class BlobServiceMachine(RuleBasedStateMachine):
     #: store); any other exception fails the test.
     allowed_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
+    #: ``False`` for services that can neither delete nor list (a gRPC client): the
+    #: machine then checks that they say so with
+    #: :class:`~castore.errors.UnsupportedOperationError`.
+    lifecycle: ClassVar[bool] = True
+
     blobs = Bundle("blobs")
 
     async def make_service(self) -> BlobService:
@@ -90,6 +98,7 @@ class BlobServiceMachine(RuleBasedStateMachine):
         self.model = MemoryBlobService()
         self.acked: dict[B3Digest, bytes] = {}
         self.failed: dict[B3Digest, bytes] = {}
+        self.deleted: dict[B3Digest, bytes] = {}
 
     def teardown(self) -> None:
         try:
@@ -131,6 +140,7 @@ class BlobServiceMachine(RuleBasedStateMachine):
             return want
         assert got == want
         self.acked[want] = data
+        self.deleted.pop(want, None)
         return want
 
     @rule(target=blobs, layouts=st.lists(_layouts, min_size=2, max_size=4), piece=_pieces)
@@ -159,6 +169,7 @@ class BlobServiceMachine(RuleBasedStateMachine):
             else:
                 assert res == want
                 self.acked[want] = data
+                self.deleted.pop(want, None)
                 self.run(self.model.put, data)
         return B3Digest.of(datas[0])
 
@@ -252,6 +263,78 @@ class BlobServiceMachine(RuleBasedStateMachine):
             if not self.tolerated(e):
                 raise
 
+    def _unsupported(self, fn: Callable[[], Awaitable[Any]], what: str) -> None:
+        try:
+            self.run(fn)
+        except UnsupportedOperationError:
+            return
+        raise AssertionError(f"{what} did not say it is unsupported")
+
+    @rule(digest=blobs)
+    def delete(self, digest: B3Digest) -> None:
+        if not self.lifecycle:
+            self._unsupported(lambda: self.sut.delete(digest), "delete")
+            return
+        data = self.acked.get(digest) or self.failed.get(digest)
+        try:
+            found = self.run(self.sut.delete, digest)
+        except CastoreError as e:
+            if not self.tolerated(e):
+                raise
+            # Deleted or not: it may still be there, and then must read back exactly.
+            if digest in self.acked:
+                self.failed[digest] = self.acked.pop(digest)
+                self.run(self.model.delete, digest)
+            return
+        if digest in self.acked:
+            assert found, "delete did not find an acknowledged blob"
+        elif digest not in self.failed:
+            assert not found, "delete found a blob that was never stored"
+        self.run(self.model.delete, digest)
+        self.acked.pop(digest, None)
+        self.failed.pop(digest, None)
+        if data is not None:
+            self.deleted[digest] = data
+
+    @rule(digest=blobs)
+    def deleted_blobs_are_gone_or_exact(self, digest: B3Digest) -> None:
+        data = self.deleted.get(digest)
+        if data is None:
+            return
+        try:
+            chunks = self.run(self.sut.chunks, digest)
+            # A blob of two or more chunks is gone at once; one stored as a single chunk
+            # may be served from that chunk until garbage collection.
+            assert not chunks, "a deleted blob still has its chunk list"
+            if chunks is not None:
+                assert self.run(self.sut.get, digest) == data
+        except CastoreError as e:
+            if not self.tolerated(e):
+                raise
+
+    @rule(details=st.booleans())
+    def list_blobs(self, details: bool) -> None:
+        async def listing() -> list[BlobInfo]:
+            return [i async for i in self.sut.list_blobs(details=details)]
+
+        if not self.lifecycle:
+            self._unsupported(listing, "list_blobs")
+            return
+        try:
+            infos: list[BlobInfo] = self.run(listing)
+        except CastoreError as e:
+            if not self.tolerated(e):
+                raise
+            return
+        listed = {i.digest for i in infos}
+        assert len(listed) == len(infos), "a blob was listed twice"
+        missing = set(self.acked) - listed
+        assert not missing, f"acknowledged blobs not listed: {sorted(d.hex() for d in missing)}"
+        for info in infos:
+            data = self.acked.get(info.digest)
+            if details and data is not None and not self.allowed_errors:
+                assert info.size == len(data)
+
     @invariant()
     def model_agrees(self) -> None:
         assert len(self.model) >= len(self.acked)
@@ -261,12 +344,14 @@ def blob_service_machine(
     make_service: Callable[[], Awaitable[BlobService]],
     *,
     allowed_errors: tuple[type[BaseException], ...] = (),
+    lifecycle: bool = True,
 ) -> type[BlobServiceMachine]:
     """A :class:`BlobServiceMachine` subclass testing the services ``make_service`` builds.
 
     ``make_service`` runs on the machine's event loop, once per Hypothesis example.
     ``allowed_errors`` are exceptions the service may raise (for example when it wraps
-    a fault-injecting store); any other exception fails the test.
+    a fault-injecting store); any other exception fails the test. ``lifecycle=False``:
+    the service can neither delete nor list (see :attr:`BlobServiceMachine.lifecycle`).
     """
 
     async def make(self: BlobServiceMachine) -> BlobService:
@@ -275,5 +360,5 @@ def blob_service_machine(
     return type(
         "BlobServiceMachine",
         (BlobServiceMachine,),
-        {"make_service": make, "allowed_errors": allowed_errors},
+        {"make_service": make, "allowed_errors": allowed_errors, "lifecycle": lifecycle},
     )

@@ -9,9 +9,10 @@ The convenience calls ``put`` and ``get`` are *not* forwarded to the inner servi
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
 
 from castore._digest import B3Digest, ChunkMeta, DigestLike
-from castore.blobservice import BlobReader, BlobService, BlobWriter
+from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter
 
 __all__ = ["WrapperBlobReader", "WrapperBlobService", "WrapperBlobWriter"]
 
@@ -46,6 +47,14 @@ class WrapperBlobService(BlobService):
     async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
         digest = B3Digest.coerce(digest)
         return await self._inner.chunks(digest)
+
+    async def delete(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
+        return await self._inner.delete(digest)
+
+    async def list_blobs(self, *, details: bool = False) -> AsyncIterator[BlobInfo]:
+        async for info in self._inner.list_blobs(details=details):
+            yield info
 
     async def aclose(self) -> None:
         if self._closed:

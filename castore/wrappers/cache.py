@@ -158,6 +158,19 @@ class CachingBlobService(WrapperBlobService):
             return True
         return await self._inner.has(digest)
 
+    async def delete(self, digest: DigestLike) -> bool:
+        """Delete from ``inner`` and forget the blob's cached chunk list and bytes.
+
+        Cached chunks of other blobs stay: every chunk remains readable by its own digest
+        after a delete. A delete made elsewhere (another process) is not seen here.
+        """
+        digest = B3Digest.coerce(digest)
+        for key in ((True, digest), (False, digest)):
+            value = self._lru.pop(key, None)
+            if value is not None:
+                self._bytes -= self._cost(value)
+        return await self._inner.delete(digest)
+
     async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
         digest = B3Digest.coerce(digest)
         cached = self._get_list(digest)

@@ -157,6 +157,17 @@ class LoggingBlobService(WrapperBlobService):
         self._log("open_read", digest, started, found=reader is not None)
         return None if reader is None else _LoggingReader(self, digest, reader, started)
 
+    async def delete(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
+        started = time.perf_counter()
+        try:
+            found = await self._inner.delete(digest)
+        except Exception as e:
+            self._log("delete", digest, started, error=e)
+            raise
+        self._log("delete", digest, started, found=found)
+        return found
+
     async def open_write(self) -> BlobWriter:
         return _LoggingWriter(self, await self._inner.open_write(), time.perf_counter())
 

@@ -1,11 +1,13 @@
 """``RetryBlobService``: retry transient store failures with capped, jittered backoff.
 
-What is retried: ``has``, ``chunks``, ``open_read``, and the reads and seeks of the
-readers it returns. A reader that fails mid-read with a transient error is closed,
-re-opened at the same position (``open_read`` then ``seek``) and the read is repeated, so
-the caller sees the same bytes it would have seen without the failure. The re-opened
-reader still verifies every chunk; only a single-chunk blob's whole-blob check is lost
-when the re-open lands mid-blob, because hashing starts over at offset 0.
+What is retried: ``has``, ``chunks``, ``open_read``, ``delete``, and the reads and seeks of
+the readers it returns. A retried ``delete`` whose earlier attempt deleted the blob before
+failing answers ``False``: the blob is gone either way. A reader that fails mid-read with a
+transient error is closed, re-opened at the same position (``open_read`` then ``seek``) and
+the read is repeated, so the caller sees the same bytes it would have seen without the
+failure. The re-opened reader still verifies every chunk; only a single-chunk blob's
+whole-blob check is lost when the re-open lands mid-blob, because hashing starts over at
+offset 0.
 
 What is not: a :class:`~castore.BlobWriter`'s ``write`` and ``close``. Once bytes went to
 a writer, a failure poisons it (see :class:`~castore.BlobWriter`) and only the caller
@@ -153,6 +155,10 @@ class RetryBlobService(WrapperBlobService):
     async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
         digest = B3Digest.coerce(digest)
         return await self.call("chunks", lambda: self._inner.chunks(digest))
+
+    async def delete(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
+        return await self.call("delete", lambda: self._inner.delete(digest))
 
     async def open_read(self, digest: DigestLike) -> BlobReader | None:
         digest = B3Digest.coerce(digest)

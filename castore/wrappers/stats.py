@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from castore._digest import B3Digest, ChunkMeta, DigestLike
-from castore.blobservice import BlobReader, BlobService, BlobWriter
+from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter
 from castore.registry import register_type
 from castore.wrappers.base import WrapperBlobReader, WrapperBlobService, WrapperBlobWriter
 
@@ -20,13 +20,13 @@ __all__ = ["BlobServiceStatistics", "StatsBlobService"]
 class BlobServiceStatistics:
     """A snapshot of a :class:`StatsBlobService`'s counters.
 
-    ``calls`` counts calls by operation: ``has``, ``chunks``, ``open_read``,
-    ``open_write`` on the service, ``read`` and ``seek`` on its readers, ``write`` and
-    ``close`` on its writers. ``hits``/``misses`` count the answers of ``has``
-    (true/false), ``chunks`` and ``open_read`` (found/``None``). ``errors`` counts raised
-    exceptions by class name (cancellation is not counted). ``bytes_read`` is what readers
-    returned, ``bytes_written`` what writers accepted, ``blobs_written`` the writers
-    closed successfully.
+    ``calls`` counts calls by operation: ``has``, ``chunks``, ``open_read``, ``open_write``,
+    ``delete`` and ``list_blobs`` on the service, ``read`` and ``seek`` on its readers,
+    ``write`` and ``close`` on its writers. ``hits``/``misses`` count the answers of ``has``
+    (true/false), ``chunks`` and ``open_read`` (found/``None``) and ``delete`` (deleted or
+    absent). ``errors`` counts raised exceptions by class name (cancellation is not
+    counted). ``bytes_read`` is what readers returned, ``bytes_written`` what writers
+    accepted, ``blobs_written`` the writers closed successfully.
     """
 
     calls: Mapping[str, int]
@@ -116,6 +116,26 @@ class StatsBlobService(WrapperBlobService):
             raise
         self._found("open_read", reader is not None)
         return None if reader is None else _StatsReader(self, reader)
+
+    async def delete(self, digest: DigestLike) -> bool:
+        digest = B3Digest.coerce(digest)
+        self._calls["delete"] += 1
+        try:
+            found = await self._inner.delete(digest)
+        except Exception as e:
+            self._error(e)
+            raise
+        self._found("delete", found)
+        return found
+
+    async def list_blobs(self, *, details: bool = False) -> AsyncIterator[BlobInfo]:
+        self._calls["list_blobs"] += 1
+        try:
+            async for info in self._inner.list_blobs(details=details):
+                yield info
+        except Exception as e:
+            self._error(e)
+            raise
 
     async def open_write(self) -> BlobWriter:
         self._calls["open_write"] += 1
