@@ -1,9 +1,10 @@
-"""The ``castore`` command: put, get, stat and has blobs; serve a store.
+"""The ``castore`` command: put, get, stat, has, list and delete blobs; serve a store.
 
 ``castore put FILE|- …`` stores files (``-`` is stdin) and prints one ``<digest>  <name>``
 line each; ``castore get DIGEST [-o FILE]`` streams a blob to stdout or a file;
 ``castore stat DIGEST`` prints its size and chunks; ``castore has DIGEST`` answers with
-its exit code; ``castore serve`` serves a store over gRPC and HTTP. The store is
+its exit code; ``castore ls`` lists the stored blobs and ``castore rm DIGEST…`` deletes
+them; ``castore serve`` serves a store over gRPC and HTTP. The store is
 ``--store URL``, else ``$CASTORE_STORE``, else an embedded local store under the user's
 data folder (see :mod:`castore.cli._store`).
 
@@ -41,7 +42,7 @@ import sys
 from collections.abc import Sequence
 
 from castore import __version__
-from castore.cli import _get, _has, _put, _serve, _stat
+from castore.cli import _get, _has, _ls, _put, _rm, _serve, _stat
 from castore.cli._command import Handler, Parser, Register
 from castore.cli._errors import ExitCode, classify, error, unwrap
 from castore.cli._progress import PROGRESS_MIN
@@ -75,6 +76,8 @@ COMMANDS: tuple[Register, ...] = (
     _get.register,
     _stat.register,
     _has.register,
+    _ls.register,
+    _rm.register,
     _serve.register,
 )
 

@@ -16,6 +16,7 @@ from castore.errors import (
     InvalidDigestError,
     StoreError,
     StoreUnavailableError,
+    UnsupportedOperationError,
 )
 
 __all__ = ["ExitCode", "Failure", "classify", "error", "unwrap"]
@@ -70,6 +71,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return ExitCode.STORE_FAILED, f"cannot reach the store: {exc}"
     if isinstance(exc, StoreError):
         return ExitCode.STORE_FAILED, f"the store failed: {exc}"
+    if isinstance(exc, UnsupportedOperationError):
+        return ExitCode.STORE_FAILED, f"this store cannot do that: {exc}"
     if isinstance(exc, CastoreError):
         return ExitCode.STORE_FAILED, f"{type(exc).__name__}: {exc}"
     if type(exc).__module__.startswith("obstore"):
