@@ -111,10 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Called with no ``argv`` (the ``castore`` script, ``python -m castore``) it is the whole
     program: it flushes stdout and stderr and ends the process with :func:`os._exit`,
-    skipping interpreter shutdown. obstore's runtime threads can still be inside a Python
-    call when the interpreter finalizes, and CPython 3.11-3.13 then ends such a thread with
-    a forced unwind through Rust frames, which aborts the process (seen in most runs of
-    ``castore has`` on an unreachable S3 store). Nothing is left to clean up by then.
+    skipping interpreter shutdown. The object-store client's runtime threads can still be
+    inside a Python call when the interpreter finalizes, and CPython 3.11-3.13 then ends
+    such a thread with a forced unwind through Rust frames, which aborts the process
+    (seen in most runs of ``castore has`` on an unreachable S3 store). Nothing is left to
+    clean up by then.
     """
     if argv is not None:
         return _main(argv)

@@ -75,8 +75,6 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return ExitCode.STORE_FAILED, f"this store cannot do that: {exc}"
     if isinstance(exc, CastoreError):
         return ExitCode.STORE_FAILED, f"{type(exc).__name__}: {exc}"
-    if type(exc).__module__.startswith("obstore"):
-        return ExitCode.STORE_FAILED, f"the store failed: {type(exc).__name__}: {exc}"
     if isinstance(exc, OSError):
         return ExitCode.LOCAL_IO, f"{exc}"
     return ExitCode.STORE_FAILED, f"unexpected {type(exc).__name__}: {exc}"
