@@ -2,6 +2,7 @@
 
 These mirror the Rust ``BlobService`` trait of tvix/snix castore, async-only. ``None``
 means absent; exceptions (from :mod:`castore.errors`) mean failure.
+``docs/architecture.md`` shows how the backends, wrappers and ways in fit around them.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ Foreign exceptions are translated to this tree at the backend boundary, each kin
 place: a store client's in the object-store adapter
 (:class:`castore.objectstore.StoreAdapter`), zstandard's in the chunk codec, gRPC's in
 :mod:`castore.grpc`. Absence is not an error: ``open_read`` and ``chunks`` return ``None``.
+``docs/architecture.md`` (the error boundary) shows where each translation happens.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Each backend and wrapper adds itself here when its module is imported (and impor
   as ``references`` take other instances, the ``options`` it lists take values from the
   file, parsed by an :class:`Option`. A key left out of the file is left out of the call,
   so the constructor's own default applies; :attr:`ServiceType.defaults` reads them from
-  its signature, for messages and docs.
+  its signature, for messages and docs (``docs/architecture.md``, the registry).
 
 ==============================  ================================================
 ``memory://``                   :class:`~castore.MemoryBlobService`

@@ -18,11 +18,11 @@
     back on the loop: for remote stores, concurrent conditional puts (bounded in count
         and bytes); after the last chunk is stored, the blob index
 
-Why this shape (DESIGN section 8): the CPU stages together cost one to a few core-seconds a
-GiB, and every hop between the loop and a thread costs 40-100 µs with the GIL held, so
-work crosses the boundary once per segment, not once per chunk. In-process stores
-(memory, local disk) are written synchronously from the workers; remote stores, where
-latency rules, get many uploads in flight from the loop.
+Why this shape (``docs/architecture.md``, the data path of a write): the CPU stages
+together cost one to a few core-seconds a GiB, and every hop between the loop and a
+thread costs 40-100 µs with the GIL held, so work crosses the boundary once per segment,
+not once per chunk. In-process stores (memory, local disk) are written synchronously from
+the workers; remote stores, where latency rules, get many uploads in flight from the loop.
 
 Memory is bounded whatever the blob's size: the stream holds a few pieces of at most
 4 MiB, the consumer gathers one segment, and at most three segments (plus, for remote

@@ -11,7 +11,7 @@ fixture to yield a fresh, empty service::
 
 The async tests need an async pytest plugin; castore's own suite uses anyio's (mark the
 tests with ``pytest.mark.anyio``, or let a conftest hook do it). The suite holds Rust
-tvix-castore's shared blob-service tests (DESIGN section 6) and castore's additions:
+tvix-castore's shared blob-service tests and castore's additions:
 the empty blob, chunk lists, the writer's state machine, concurrent writers, a large
 round trip, random seeks checked against the bytes (Hypothesis), and deleting and
 listing (``docs/lifecycle.md``). A service that cannot delete or list (the gRPC client:
