@@ -93,7 +93,8 @@ class _MemoryWriter(BlobWriter):
 def _from_url(parts: SplitResult) -> BlobService:
     if parts.netloc or parts.path or parts.query or parts.fragment:
         raise InvalidAddressError(
-            f"memory:// takes no host, path or options, got {parts.geturl()!r}; use 'memory://'"
+            "memory:// takes no host, path or options, got "
+            f"{parts.scheme + '://' + parts.netloc + parts.path!r}; use 'memory://'"
         )
     return MemoryBlobService()
 

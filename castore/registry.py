@@ -19,15 +19,19 @@ Each backend and wrapper adds itself here when its module is imported (and impor
 ``objectstore+file:///abs``     ... on local disk
 ``objectstore+s3://bucket/p``   ... on S3 (``gs://``, ``az://``, ``https://`` too)
 ``grpc+http://host:port``       :class:`~castore.GRPCBlobService` (also ``grpc+unix://``)
+``/abs/path``, ``./rel``, ``~``  the object store on local disk (``objectstore+file://``)
+``file://``, ``s3://``, …       ``objectstore+file://``, ``objectstore+s3://``, …
 ==============================  ================================================
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 from castore.blobservice import BlobService
@@ -58,6 +62,9 @@ _TYPES: dict[str, ServiceType] = {}
 # --- URL schemes ---------------------------------------------------------------------------
 
 
+_PATH_STARTS = ("/", "./", "../", "~")
+
+
 def register_scheme(scheme: str, factory: Factory) -> None:
     """Make ``from_addr`` build URLs with ``scheme`` through ``factory``."""
     _SCHEMES[scheme.lower()] = factory
@@ -71,9 +78,12 @@ def registered_schemes() -> list[str]:
 def from_addr(url: str) -> BlobService:
     """Build a :class:`BlobService` from a URL such as ``objectstore+s3://bucket/prefix``.
 
-    Raises :class:`~castore.errors.InvalidAddressError` naming what is accepted when the
-    scheme is unknown or the rest of the URL does not fit it.
+    A path (``/abs``, ``./rel``, ``../rel``, ``~/…``) is the object store in that folder on
+    local disk. Raises :class:`~castore.errors.InvalidAddressError` naming what is accepted
+    when the scheme is unknown or the rest of the URL does not fit it.
     """
+    if "://" not in url and (url in (".", "..") or url.startswith(_PATH_STARTS)):
+        url = "objectstore+" + Path(os.path.abspath(os.path.expanduser(url))).as_uri()
     try:
         parts = urlsplit(url)
     except ValueError as e:
@@ -81,8 +91,8 @@ def from_addr(url: str) -> BlobService:
     scheme = parts.scheme.lower()
     if not scheme or "://" not in url:
         raise InvalidAddressError(
-            f"not a service URL: {url!r}; expected scheme://…, one of: "
-            + ", ".join(s + "://" for s in registered_schemes())
+            f"not a service URL: {url!r}; expected a path (/abs, ./rel, ~/…) or scheme://…, "
+            "one of: " + ", ".join(s + "://" for s in registered_schemes())
         )
     factory = _SCHEMES.get(scheme)
     if factory is None:

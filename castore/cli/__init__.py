@@ -27,6 +27,7 @@ code  meaning
 5     the store failed or cannot be reached
 6     stored data is corrupt (a digest does not match)
 7     a local file cannot be read or written
+8     the store refused access (permissions, a read-only file system, credentials)
 130   interrupted (Ctrl-C)
 141   the output pipe was closed early (``castore get … | head``)
 ====  ==========================================================================
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "zstd objects, tvix/snix compatible.",
         epilog=f"The store is --store, else ${STORE_ENV}, else {default_store_url()}. "
         "Exit codes: 0 ok, 1 not found, 2 usage, 3 bad digest, 4 bad store URL, "
-        "5 store failed, 6 corrupt data, 7 local file error.",
+        "5 store failed, 6 corrupt data, 7 local file error, 8 permission denied by the "
+        "store, 130 interrupted (Ctrl-C), 141 output pipe closed early.",
     )
     parser.add_argument("--version", action="version", version=f"castore {__version__}")
     add_store_options(parser, after_command=False)

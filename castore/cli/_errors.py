@@ -15,6 +15,7 @@ from castore.errors import (
     InvalidAddressError,
     InvalidDigestError,
     StoreError,
+    StorePermissionError,
     StoreUnavailableError,
     UnsupportedOperationError,
 )
@@ -33,6 +34,7 @@ class ExitCode:
     STORE_FAILED = 5
     CORRUPT = 6
     LOCAL_IO = 7
+    PERMISSION = 8
     INTERRUPTED = 130
     BROKEN_PIPE = 141
 
@@ -67,6 +69,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return ExitCode.NOT_FOUND, f"not found: {exc}"
     if isinstance(exc, DataCorruptionError):
         return ExitCode.CORRUPT, f"corrupt data in the store: {exc}"
+    if isinstance(exc, StorePermissionError):
+        return ExitCode.PERMISSION, f"permission denied by the store: {exc}"
     if isinstance(exc, StoreUnavailableError):
         return ExitCode.STORE_FAILED, f"cannot reach the store: {exc}"
     if isinstance(exc, StoreError):

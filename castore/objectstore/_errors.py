@@ -48,6 +48,16 @@ _UNREACHABLE = (
     "broken pipe",
 )
 
+#: Message fragments of an operating-system refusal (lowercase): obstore's local store
+#: reports a read-only file system or a folder it may not write as a GenericError.
+_DENIED = (
+    "permission denied",
+    "read-only file system",
+    "operation not permitted",
+    "os error 13)",
+    "os error 30)",
+)
+
 # obstore appends a multi-line "Debug source:" dump to its messages; castore's message
 # keeps the summary (the original exception stays reachable as ``__cause__``).
 _DEBUG_DUMP = "\n\nDebug source:"
@@ -67,6 +77,8 @@ def store_error(exc: BaseException, what: str) -> CastoreError:
         if isinstance(exc, types):
             return error(text)
     lowered = full.lower()
+    if any(s in lowered for s in _DENIED):
+        return StorePermissionError(text)
     if any(s in lowered for s in _UNREACHABLE):
         return StoreUnavailableError(text)
     if "timed out" in lowered or "timeout" in lowered:

@@ -7,6 +7,10 @@
                                        ``http://`` work the same way
 =====================================  =====================================================
 
+``file://``, ``s3://``, ``gs://`` and ``az://`` alone are the same as with ``objectstore+``
+(the forms obstore and fsspec users know), and :func:`castore.from_addr` takes a plain path
+for ``objectstore+file://``.
+
 Query pairs become obstore options: HTTP client options (``allow_http``, ``timeout``,
 ``connect_timeout``, ``proxy_url``…) go to ``client_options``, ``max_retries`` and
 ``retry_timeout`` (seconds) to ``retry_config``, and every other key to the store's
@@ -26,7 +30,8 @@ from urllib.parse import SplitResult, parse_qsl, unquote
 
 from obstore.store import LocalStore, MemoryStore, from_url
 
-from castore.errors import InvalidAddressError
+from castore.errors import InvalidAddressError, StorePermissionError
+from castore.objectstore._errors import store_error
 from castore.objectstore._service import ObjectStoreBlobService
 
 __all__ = ["SCHEMES", "service_from_url"]
@@ -40,6 +45,10 @@ SCHEMES = (
     "objectstore+az",
     "objectstore+https",
     "objectstore+http",
+    "file",
+    "s3",
+    "gs",
+    "az",
 )
 
 # obstore's ClientConfig keys (HTTP client options, valid for every remote store).
@@ -91,9 +100,10 @@ def _query(parts: SplitResult, shown: str) -> dict[str, str]:
 
 
 def _shown(parts: SplitResult) -> str:
-    """The URL without what may hold credentials (query, user info), for messages."""
+    """The URL as written, ``//`` included, without what may hold credentials (query,
+    user info), for messages."""
     netloc = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def _avg(opts: dict[str, str], shown: str) -> dict[str, Any]:
@@ -115,7 +125,7 @@ def service_from_url(parts: SplitResult) -> ObjectStoreBlobService:
     """Build the service for an ``objectstore+…`` URL (the ``from_addr`` factory)."""
     shown = _shown(parts)
     scheme = parts.scheme.lower()
-    inner = scheme.partition("+")[2]
+    inner = scheme.partition("+")[2] or scheme  # file://, s3://… stand for objectstore+…
     if parts.fragment:
         raise _fail(shown, "a fragment (#…) means nothing here")
     opts = _query(parts, shown)
@@ -148,15 +158,19 @@ def service_from_url(parts: SplitResult) -> ObjectStoreBlobService:
         if parts.netloc not in ("", "localhost"):
             raise _fail(
                 shown,
-                f"objectstore+file takes no host (got {parts.netloc!r}); use "
-                "objectstore+file:///absolute/path",
+                f"{scheme}:// takes no host (got {parts.netloc!r}); use {scheme}:///absolute/path",
             )
         path = unquote(parts.path)
         if not path.startswith("/"):
-            raise _fail(shown, "objectstore+file needs an absolute path: objectstore+file:///abs")
+            raise _fail(shown, f"{scheme}:// needs an absolute path: {scheme}:///abs")
         try:
             store = LocalStore(path, mkdir=True)
         except Exception as e:
+            # A folder castore may not create (read-only file system, no permission) is a
+            # permission failure, not a bad URL.
+            denied = store_error(e, f"{shown}: cannot create the folder {path!r}")
+            if isinstance(denied, StorePermissionError):
+                raise denied from e
             raise _fail(shown, f"cannot use folder {path!r}: {_first_line(e)}") from e
     elif inner in ("s3", "gs", "az", "https", "http"):
         if not parts.hostname:
