@@ -3,7 +3,7 @@
 Ingest is ``svc.open_write()``, ``write`` of each 4 MiB piece (``bytes``, as a file read
 gives them), ``close()``, into a fresh store each run (a store that already holds the
 chunks would turn the puts into cheap refusals). Read is ``svc.open_read(digest)`` and
-``read(4 MiB)`` until the end. Each is repeated and the fastest run kept.
+``readinto`` one reused 4 MiB buffer until the end. Each is repeated and the fastest run kept.
 
 Besides wall time, each run records the CPU the process spent and how it split across
 threads, from ``/proc/self/task/*/schedstat`` (nanoseconds on CPU per thread): the event
@@ -164,14 +164,15 @@ async def ingest_blob(svc: BlobService, pieces: Sequence[bytes]) -> B3Digest:
 
 
 async def read_blob(svc: BlobService, digest: B3Digest, piece: int) -> int:
-    """Read the blob through ``open_read`` in reads of ``piece`` bytes; the bytes read."""
+    """Read the blob through ``open_read``, ``readinto`` a ``piece``-byte buffer; the bytes read."""
     reader = await svc.open_read(digest)
     if reader is None:
         raise RuntimeError(f"blob {digest} just written is not in the store")
     total = 0
+    buf = bytearray(piece)  # one buffer, reused: the fastest way to read a blob
     async with reader:
-        while block := await reader.read(piece):
-            total += len(block)
+        while n := await reader.readinto(buf):
+            total += n
     return total
 
 

@@ -205,7 +205,7 @@ def read_table(ctx: Context) -> Table:
                 ]
             )
     return Table(
-        "3. Sequential read through open_read (4 MiB reads)",
+        "3. Sequential read through open_read (readinto a 4 MiB buffer)",
         [
             "data",
             "store",
@@ -223,7 +223,8 @@ def read_table(ctx: Context) -> Table:
             f"Best of {ctx.repeat}. The limit is get (from that store) + zstd decompress +"
             " BLAKE3 of each chunk + BLAKE3 of the whole blob, which a reader checks when it"
             f" reads a whole blob in order (target >= {READ_TARGET}x). Not in the limit: the"
-            f" copy that joins chunks into each 4 MiB read. {KERNEL_NOTE}",
+            " copy of chunks into the reader's buffer, where the reader does not decode"
+            f" straight into it. {KERNEL_NOTE}",
         ],
     )
 

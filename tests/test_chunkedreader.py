@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Callable
 
 import anyio
 import pytest
 from obstore.store import MemoryStore
+from typing_extensions import Buffer
 
 from castore import (
     B3Digest,
@@ -209,9 +211,12 @@ class ThreadSource(TaskSource):
         self.get = get or (lambda meta: by[meta.digest])
         self.sync_calls: list[ChunkMeta] = []
 
-    def fetch_chunk_into(self, meta: ChunkMeta, out: memoryview) -> None:
+    def load_chunk(self, meta: ChunkMeta) -> bytes:
         self.sync_calls.append(meta)
-        out[:] = verify_chunk(meta, self.get(meta))
+        return self.get(meta)
+
+    def decode_chunk_into(self, meta: ChunkMeta, stored: Buffer, out: memoryview) -> None:
+        out[:] = verify_chunk(meta, bytes(stored))
 
 
 def _sync_store(pieces: list[bytes]) -> tuple[list[ChunkMeta], dict[B3Digest, bytes]]:
@@ -454,13 +459,13 @@ async def test_thread_pullers_reuse_their_buffers() -> None:
     metas, by = _sync_store(pieces)
     buffers: set[int] = set()
     source = ThreadSource(by)
-    original = source.fetch_chunk_into
+    original = source.decode_chunk_into
 
-    def into(meta: ChunkMeta, out: memoryview) -> None:
+    def into(meta: ChunkMeta, stored: Buffer, out: memoryview) -> None:
         buffers.add(id(out.obj))
-        original(meta, out)
+        original(meta, stored, out)
 
-    source.fetch_chunk_into = into  # type: ignore[method-assign]
+    source.decode_chunk_into = into  # type: ignore[method-assign]
     whole = b"".join(pieces)
     async with ChunkedReader(metas, source, prefetch=2, blob_digest=B3Digest.of(whole)) as r:
         buf = bytearray(5000)
@@ -482,3 +487,67 @@ async def test_large_readinto_is_copied_in_a_worker() -> None:
         while n := await r.readinto(buf):
             out += buf[:n]
     assert out == whole
+
+
+async def test_readinto_decodes_whole_chunks_into_the_callers_buffer() -> None:
+    pieces = [bytes([i]) * 1000 for i in range(40)]
+    metas, by = _sync_store(pieces)
+    whole = b"".join(pieces)
+    seen: list[object] = []
+    source = ThreadSource(by)
+    original = source.decode_chunk_into
+
+    def into(meta: ChunkMeta, stored: Buffer, out: memoryview) -> None:
+        seen.append(out.obj)
+        original(meta, stored, out)
+
+    source.decode_chunk_into = into  # type: ignore[method-assign]
+    buf = bytearray(10_000)
+    async with ChunkedReader(metas, source, prefetch=0, blob_digest=B3Digest.of(whole)) as r:
+        got = bytearray()
+        while n := await r.readinto(buf):
+            got += buf[:n]
+    assert got == whole
+    assert any(obj is buf for obj in seen)
+
+
+async def test_readinto_never_writes_after_it_returns() -> None:
+    """A read cancelled (or timed out) while chunks are being decoded into its buffer:
+    once it has raised, nothing writes into that buffer any more, and the reader goes on
+    reading the right bytes."""
+    pieces = [bytes([i]) * 1000 for i in range(12)]
+    metas, by = _sync_store(pieces)
+    whole = b"".join(pieces)
+    source = ThreadSource(by)
+    original = source.decode_chunk_into
+    slow = threading.Event()
+
+    def into(meta: ChunkMeta, stored: Buffer, out: memoryview) -> None:
+        if slow.is_set():
+            time.sleep(0.05)  # a decode under way when the read is cancelled
+        original(meta, stored, out)
+
+    source.decode_chunk_into = into  # type: ignore[method-assign]
+    buf = bytearray(6000)
+    async with ChunkedReader(metas, source, prefetch=3, blob_digest=B3Digest.of(whole)) as r:
+        slow.set()
+        with anyio.move_on_after(0.02):
+            await r.readinto(buf)
+        snapshot = bytes(buf)
+        await anyio.sleep(0.3)
+        assert bytes(buf) == snapshot, "the buffer changed after readinto returned"
+        slow.clear()
+        got = bytearray()
+        while n := await r.readinto(buf):
+            got += buf[:n]
+        assert got == whole
+
+
+async def test_readinto_direct_decoding_still_checks_the_whole_blob() -> None:
+    pieces = [bytes([i]) * 1000 for i in range(10)]
+    metas, by = _sync_store(pieces)
+    async with ChunkedReader(metas, ThreadSource(by), blob_digest=B3Digest.of(b"other")) as r:
+        buf = bytearray(3000)
+        with pytest.raises(DigestMismatchError):
+            while await r.readinto(buf):
+                pass

@@ -290,8 +290,11 @@ def decode_chunk_into(frame: Buffer, digest: bytes, out: memoryview) -> None:
         raise DecompressionError(f"{what}: zstd frame {problem}")
     got = 0
     try:
-        # One frame only; zstd decodes a frame that declares its size straight into out.
-        reader = _decompressor().stream_reader(frame, read_across_frames=False)
+        # The whole frame as one input: zstd then decodes a frame that declares its size
+        # in one pass straight into out, without its window buffer.
+        reader = _decompressor().stream_reader(
+            frame, read_size=max(1, len(frame)), read_across_frames=False
+        )
         while got < size and (n := reader.readinto(out[got:])):
             got += n
         extra = reader.readinto(bytearray(1)) if got == size else 0

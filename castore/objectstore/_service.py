@@ -246,10 +246,13 @@ class ObjectStoreBlobService(BlobService):
             raise BlobNotFoundError(f"chunk {meta.digest.hex()} is missing ({key})")
         return frame
 
-    def fetch_chunk_into(self, meta: ChunkMeta, out: memoryview) -> None:
-        """Chunk ``meta``, fetched, decompressed into ``out`` (bounded by its length) and
-        verified; blocking."""
-        decode_chunk_into(self._chunk_frame(meta), meta.digest.digest, out)
+    def load_chunk(self, meta: ChunkMeta) -> Buffer:
+        """Chunk ``meta``'s zstd frame, fetched from the store; blocking."""
+        return self._chunk_frame(meta)
+
+    def decode_chunk_into(self, meta: ChunkMeta, stored: Buffer, out: memoryview) -> None:
+        """Decompress a chunk frame into ``out`` (bounded by its length) and verify it."""
+        decode_chunk_into(stored, meta.digest.digest, out)
 
     def _fetch_sync(self, meta: ChunkMeta) -> bytes:
         frame = self._chunk_frame(meta)

@@ -20,6 +20,12 @@ def _release(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    for loop, fut in waiters:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+            loop.call_soon_threadsafe(_release, fut)
+
+
 class BlobHash:
     """The BLAKE3 of chunks ``0 .. count - 1``, hashed in index order.
 
@@ -30,7 +36,17 @@ class BlobHash:
     never hashes. :meth:`digest` waits until all ``count`` chunks are in.
     """
 
-    __slots__ = ("_busy", "_count", "_dead", "_hasher", "_held", "_lock", "_next", "_waiters")
+    __slots__ = (
+        "_busy",
+        "_count",
+        "_dead",
+        "_hasher",
+        "_held",
+        "_lock",
+        "_next",
+        "_upto",
+        "_waiters",
+    )
 
     def __init__(self, count: int) -> None:
         self._hasher = blake3.blake3(max_threads=1)
@@ -41,6 +57,8 @@ class BlobHash:
         self._busy = False  # a thread is hashing
         self._dead = False
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        # Reads waiting for the hash to pass a chunk: (count, loop, future).
+        self._upto: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def hashed(self, i: int) -> bool:
         """Whether chunk ``i`` has been hashed (its bytes are no longer needed here)."""
@@ -70,11 +88,15 @@ class BlobHash:
                     waiters, self._waiters = self._waiters, []
                     break
             update(data)
+            del data
             with self._lock:
                 self._next += 1
-        for loop, fut in waiters:
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
-                loop.call_soon_threadsafe(_release, fut)
+                passed = [w for w in self._upto if w[0] <= self._next] if self._upto else None
+                if passed:
+                    self._upto = [w for w in self._upto if w[0] > self._next]
+            if passed:
+                _wake([(loop, fut) for _, loop, fut in passed])
+        _wake(waiters)
 
     async def digest(self) -> bytes:
         """The digest, once every chunk has been hashed."""
@@ -88,11 +110,23 @@ class BlobHash:
             await fut
         return self._hasher.digest()
 
+    async def hashed_through(self, count: int) -> None:
+        """Wait until chunks ``0 .. count - 1`` are hashed, or the hash is stopped."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._dead or self._next >= count:
+                return
+            fut: asyncio.Future[None] = loop.create_future()
+            self._upto.append((count, loop, fut))
+        await fut
+
     def kill(self) -> None:
         """Stop: no more hashing (a read broke the in-order sequence)."""
         with self._lock:
             self._dead = True
             self._held.clear()
             waiters, self._waiters = self._waiters, []
+            upto, self._upto = self._upto, []
         for _, fut in waiters:
             fut.cancel()
+        _wake([(loop, fut) for _, loop, fut in upto])

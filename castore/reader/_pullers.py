@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 import anyio.to_thread
 
 from castore._digest import ChunkMeta
@@ -34,7 +35,7 @@ from castore.errors import StoreTimeoutError
 from castore.reader._blobhash import BlobHash, _release
 from castore.reader._source import ChunkSource, ThreadChunkSource
 
-__all__ = ["Window", "reader_pool"]
+__all__ = ["Target", "Window", "reader_pool"]
 
 # Seconds a thread puller waits for the window to grow before it ends.
 _LINGER = 0.05
@@ -70,6 +71,25 @@ class _Waiter:
         self.fut = fut
 
 
+class Target:
+    """A read's memory that pullers may decode whole chunks into (see :meth:`Window.post`).
+
+    ``views``: chunk index -> where it goes, taken by the puller that decodes it;
+    ``writers``: decodes into it under way; ``direct``: chunks decoded into it and
+    handed over; ``revoked``: the read has ended; ``done``: set when the read ends while
+    decodes are under way.
+    """
+
+    __slots__ = ("direct", "done", "revoked", "views", "writers")
+
+    def __init__(self, views: dict[int, memoryview]) -> None:
+        self.views = views
+        self.revoked = False
+        self.writers = 0
+        self.direct: set[int] = set()
+        self.done: asyncio.Future[None] | None = None
+
+
 class Window:
     """The chunks ``[lo, hi)`` of ``chunks`` a reader wants, and the pullers fetching them.
 
@@ -91,6 +111,7 @@ class Window:
         self._free: list[bytearray] = []
         self._buffers: dict[int, bytearray] = {}  # chunk index -> the buffer it is in
         self.whole: BlobHash | None = None
+        self._target: Target | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         # The window [_lo, _hi) and the next index a puller takes. _lock guards what
@@ -111,6 +132,11 @@ class Window:
         self._tasks: set[asyncio.Future[None]] = set()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+
+    @property
+    def threaded(self) -> bool:
+        """Whether pullers are worker threads (and may decode into a read's memory)."""
+        return self._threaded
 
     @property
     def lo(self) -> int:
@@ -191,32 +217,49 @@ class Window:
         """A thread puller: fetch chunks in window order; hand each over."""
         source = self._source
         assert isinstance(source, ThreadChunkSource)
-        fetch_into = source.fetch_chunk_into
+        load, decode = source.load_chunk, source.decode_chunk_into
         while True:
             with self._lock:
                 if not self._closed and self._claim >= self._hi:
                     self._wake.wait(_LINGER)
                 i = self._take()
-                buf = self._free.pop() if i is not None and self._free else None
             if i is None:
                 return
             meta = self._chunks[i]
-            if buf is None:
-                buf = bytearray(self._capacity)
-            data = memoryview(buf)[: meta.size]
+            target: Target | None = None
+            buf: bytearray | None = None
             try:
-                fetch_into(meta, data)
-            except Exception as e:
-                self._hand_over(i, e)
+                stored = load(meta)
+                # Once the store has answered: straight into a waiting read's memory if
+                # the chunk lies wholly in it, else into one of the window's buffers.
                 with self._lock:
-                    self._free.append(buf)  # what it holds is never handed over
+                    target = self._target
+                    out = target.views.pop(i, None) if target is not None else None
+                    if out is None:
+                        target = None
+                        buf = self._free.pop() if self._free else None
+                    else:
+                        assert target is not None
+                        target.writers += 1
+                if out is None:
+                    buf = buf if buf is not None else bytearray(self._capacity)
+                    out = memoryview(buf)[: meta.size]
+                decode(meta, stored, out)
+            except Exception as e:
+                self._hand_over(i, e, None, target)
+                with self._lock:
+                    if buf is not None:
+                        self._free.append(buf)  # what it holds is never handed over
                     self._pullers -= 1
                 return
-            if not self._hand_over(i, data, buf):
+            del stored
+            if not self._hand_over(i, out, buf, target):
                 return
             whole = self.whole
-            if whole is not None and whole.offer(i, data):
+            ended = target is not None and target.revoked  # the read's memory is not ours
+            if whole is not None and not ended and whole.offer(i, out):
                 whole.drain()  # here, while the chunk is still in this CPU's cache
+            del out  # no reference to a read's memory outlives the read
 
     async def _pull_async(self) -> None:
         """A task puller: the same, through the async ``fetch_chunk``."""
@@ -241,17 +284,32 @@ class Window:
             reader_pool().submit(whole.drain)
 
     def _hand_over(
-        self, i: int, result: bytes | memoryview | Exception, buf: bytearray | None = None
+        self,
+        i: int,
+        result: bytes | memoryview | Exception,
+        buf: bytearray | None = None,
+        target: Target | None = None,
     ) -> bool:
         """From any thread: chunk ``i`` (or the error fetching it) for the reads.
 
         Kept if the window holds it and it is not there yet (``buf``, the buffer it is
         in, is then reused once the reads are past it; a chunk not kept lets its buffer
-        go); the loop is woken only if a read waits for it. False when the loop is gone:
-        the puller stops.
+        go); the loop is woken only if a read waits for it. A chunk decoded into a read's
+        memory (``target``) is dropped if that read has ended meanwhile. False when the
+        loop is gone: the puller stops.
         """
         with self._lock:
             self._taken.discard(i)
+            if target is not None:
+                target.writers -= 1
+                if target is not self._target:
+                    # The read ended (failed or was cancelled) while this chunk was being
+                    # decoded into its memory: drop it, and tell the read it may return.
+                    done = target.done if not target.writers else None
+                    if done is not None:
+                        self._call_soon(_release, done)
+                    return not self._closed
+                target.direct.add(i)
             if self._closed or not self._lo <= i < self._hi or i in self._ready:
                 return not self._closed
             self._ready[i] = result
@@ -265,15 +323,54 @@ class Window:
             if waiter.missing and not isinstance(result, Exception):
                 return True
             self._waiter = None
-        loop = self._loop
-        assert loop is not None
-        try:
-            loop.call_soon_threadsafe(_release, waiter.fut)
-        except RuntimeError:  # the loop is closed: nobody is reading any more
+        if not self._call_soon(_release, waiter.fut):
             with self._lock:
                 self._closed = True
             return False
         return True
+
+    def _call_soon(
+        self, fn: Callable[[asyncio.Future[None]], None], fut: asyncio.Future[None]
+    ) -> bool:
+        """``fn(fut)`` on the loop, from any thread; False if the loop is closed."""
+        loop = self._loop
+        assert loop is not None
+        try:
+            loop.call_soon_threadsafe(fn, fut)
+        except RuntimeError:  # the loop is closed: nobody is reading any more
+            return False
+        return True
+
+    # --- reads into the caller's memory -------------------------------------------------
+
+    def post(self, views: dict[int, memoryview]) -> Target:
+        """Offer pullers ``views``: where in a read's memory chunks go whole (by index)."""
+        target = Target(views)
+        with self._lock:
+            self._target = target
+        return target
+
+    async def revoke(self, target: Target) -> None:
+        """End ``target``: once this returns, no puller writes into that memory any more.
+
+        Chunks decoded into it leave the window. Waits (shielded from cancellation: it
+        is CPU work of one chunk at most) for decodes into it still running.
+        """
+        loop = self._loop
+        assert loop is not None
+        with self._lock:
+            if self._target is target:
+                self._target = None
+            target.revoked = True
+            target.views.clear()
+            for i in target.direct:
+                self._ready.pop(i, None)
+            done = None
+            if target.writers:
+                done = target.done = loop.create_future()
+        if done is not None:
+            with anyio.CancelScope(shield=True):
+                await done
 
     # --- waiting for chunks -------------------------------------------------------------
 

@@ -154,9 +154,11 @@ class ChunkedReader(BlobReader):
     # --- reading ------------------------------------------------------------------------
 
     async def read(self, n: int = -1) -> bytes:
-        pos, n, parts = await self._span(n)
-        if not parts:
+        plan = self._plan(n)
+        if plan is None:
             return b""
+        pos, n, first, last = plan
+        parts = await self._parts(pos, n, first, last)
         if len(parts) == 1:
             data = parts[0]
             # A read of exactly one chunk fetched as bytes is that chunk, not a copy.
@@ -170,32 +172,73 @@ class ChunkedReader(BlobReader):
         return out
 
     async def readinto(self, buffer: bytearray | memoryview) -> int:
-        """Read into ``buffer``: each chunk is copied once, from where it was decoded.
+        """Read into ``buffer``; returns how many bytes were written: ``len(buffer)``,
+        fewer only at the end.
 
-        Returns how many bytes were written: ``len(buffer)``, fewer only at the end.
+        Chunks that lie wholly in the read and are not fetched yet are decoded straight
+        into ``buffer`` by a source that fetches in threads; the others are copied into
+        it once. Nothing writes into ``buffer`` after this returns (or raises).
         """
         out = memoryview(buffer).cast("B")
-        pos, n, parts = await self._span(len(out))
-        if not parts:
+        plan = self._plan(len(out))
+        if plan is None:
             return 0
-        if n >= THRESHOLDS.join:
-            job = asyncio.wrap_future(reader_pool().submit(_copy, out, parts))
-            # The copy writes into the caller's memory: it must end before this returns,
-            # even when cancelled (it is a few milliseconds of CPU at most).
-            with anyio.CancelScope(shield=True):
-                await job
-        else:
-            _copy(out, parts)
-        del parts
+        pos, n, first, last = plan
+        window = self._window
+        target = window.post(self._views(out, pos, n, first, last)) if window.threaded else None
+        try:
+            parts = await self._parts(pos, n, first, last)
+            direct = target.direct if target is not None else set()
+            todo = [
+                (max(0, self._offsets[first + k] - pos), part)
+                for k, part in enumerate(parts)
+                if first + k not in direct
+            ]
+            del parts
+            if sum(len(p) for _, p in todo) >= THRESHOLDS.join:
+                job = asyncio.wrap_future(reader_pool().submit(_copy, out, todo))
+                # The copy writes into the caller's memory: it must end before this
+                # returns, even when cancelled (a few milliseconds of CPU at most).
+                with anyio.CancelScope(shield=True):
+                    await job
+            else:
+                _copy(out, todo)
+            del todo
+            whole = window.whole
+            if direct and whole is not None:
+                # The whole-blob hash reads chunks decoded into the caller's memory:
+                # it must be past them before the caller may change that memory.
+                await whole.hashed_through(max(direct) + 1)
+        except BaseException:
+            if target is not None:
+                await window.revoke(target)
+                if target.direct and window.whole is not None:
+                    # Some of this read's memory may have been offered to the whole-blob
+                    # hash, and the caller may change it now: that check is off.
+                    window.whole.kill()
+                    window.whole = None
+            raise
+        if target is not None:
+            await window.revoke(target)
         await self._advance(pos, n)
         return n
 
-    async def _span(self, n: int) -> tuple[int, int, list[bytes | memoryview]]:
-        """The next ``n`` bytes (all remaining when negative) as parts of chunks.
+    def _views(
+        self, out: memoryview, pos: int, n: int, first: int, last: int
+    ) -> dict[int, memoryview]:
+        """Where in ``out`` (bytes ``pos .. pos + n`` of the blob) each whole chunk goes."""
+        views: dict[int, memoryview] = {}
+        offsets, chunks, end = self._offsets, self._chunks, pos + n
+        for i in range(first, last + 1):
+            start = offsets[i]
+            size = chunks[i].size
+            if start >= pos and start + size <= end:
+                views[i] = out[start - pos : start - pos + size]
+        return views
 
-        Returns the position, the byte count and the parts; ``[]`` at the end. The parts
-        stay valid until :meth:`_advance`.
-        """
+    def _plan(self, n: int) -> tuple[int, int, int, int] | None:
+        """A read of ``n`` bytes (all remaining when negative) from the cursor: its
+        position, length, first and last chunk; ``None`` at the end. Moves the window."""
         if self._closed:
             raise ValueError("read() on a closed reader")
         if self._corrupt is not None:
@@ -205,18 +248,23 @@ class ChunkedReader(BlobReader):
         if n < 0 or n > remaining:
             n = remaining
         if n <= 0:
-            return pos, 0, []
+            return None
         first = self._index(pos)
         last = self._index(pos + n - 1)
-        window = self._window
-        window.move(first, self._ahead(last, pos + n, n))
-        parts = await window.collect(first, last + 1)
+        self._window.move(first, self._ahead(last, pos + n, n))
+        return pos, n, first, last
 
+    async def _parts(self, pos: int, n: int, first: int, last: int) -> list[bytes | memoryview]:
+        """The bytes ``pos .. pos + n`` as parts of chunks ``first .. last``, in order.
+
+        They stay valid until :meth:`_advance`.
+        """
+        window = self._window
+        parts = await window.collect(first, last + 1)
         if window.whole is not None and pos != self._returned_to:
             # Not a continuation of an in-order read from 0: no whole-blob check.
             window.whole.kill()
             window.whole = None
-
         start = pos - self._offsets[first]
         end = pos + n - self._offsets[last]
         if first == last:
@@ -227,7 +275,7 @@ class ChunkedReader(BlobReader):
                 parts[0] = memoryview(parts[0])[start:]
             if end != len(parts[-1]):
                 parts[-1] = memoryview(parts[-1])[:end]
-        return pos, n, parts
+        return parts
 
     async def _advance(self, pos: int, n: int) -> None:
         """After returning bytes ``pos .. pos + n``: the whole-blob check, the cursor."""
@@ -274,13 +322,10 @@ class ChunkedReader(BlobReader):
         await window.aclose()
 
 
-def _copy(out: memoryview, parts: list[bytes | memoryview]) -> None:
-    """Copy ``parts`` one after the other into ``out``."""
-    at = 0
-    for part in parts:
-        n = len(part)
-        out[at : at + n] = part
-        at += n
+def _copy(out: memoryview, parts: list[tuple[int, bytes | memoryview]]) -> None:
+    """Copy each ``(offset, part)`` into ``out`` at that offset."""
+    for at, part in parts:
+        out[at : at + len(part)] = part
 
 
 def _as_source(
@@ -306,7 +351,7 @@ def _as_source(
     if legacy:
         warnings.warn(
             f"ChunkedReader: the keywords {', '.join(legacy)} are deprecated; implement "
-            "castore.reader.ChunkSource (fetch_chunk, read_timeout; fetch_chunk_into in threads)",
+            "castore.reader.ChunkSource (fetch_chunk, read_timeout)",
             DeprecationWarning,
             stacklevel=3,
         )

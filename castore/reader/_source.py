@@ -23,6 +23,8 @@ from castore._threads import THRESHOLDS, run_sized
 from castore.errors import BlobNotFoundError, DigestMismatchError
 
 if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
     from castore.blobservice import BlobService
 
 __all__ = [
@@ -67,15 +69,27 @@ class ChunkSource(Protocol):
 
 @runtime_checkable
 class ThreadChunkSource(ChunkSource, Protocol):
-    """A :class:`ChunkSource` that can also fetch in a worker thread, without the loop,
-    straight into the reader's memory."""
+    """A :class:`ChunkSource` that can also fetch in worker threads, without the loop,
+    straight into the reader's memory.
 
-    def fetch_chunk_into(self, meta: ChunkMeta, out: memoryview) -> None:
-        """Write chunk ``meta``, verified, into ``out`` (exactly ``meta.size`` bytes long).
+    In two steps, so that the reader chooses where a chunk goes only once the store has
+    answered: :meth:`load_chunk` waits for the store, :meth:`decode_chunk_into` is CPU
+    work of bounded length.
+    """
 
-        Blocking; called in worker threads. Raises as
-        :meth:`~ChunkSource.fetch_chunk` does; after an error ``out`` holds garbage,
-        which the reader drops.
+    def load_chunk(self, meta: ChunkMeta) -> Buffer:
+        """Chunk ``meta`` as stored (compressed, say); blocking, in a worker thread.
+
+        Raises :class:`~castore.errors.BlobNotFoundError` when it is not stored.
+        """
+        ...
+
+    def decode_chunk_into(self, meta: ChunkMeta, stored: Buffer, out: memoryview) -> None:
+        """Write chunk ``meta``, from what :meth:`load_chunk` returned, into ``out``
+        (exactly ``meta.size`` bytes), verified against its digest.
+
+        Raises :class:`~castore.errors.DataCorruptionError` when ``stored`` is not the
+        chunk; ``out`` then holds garbage, which the reader drops.
         """
         ...
 
@@ -168,8 +182,11 @@ class ThreadFunctionChunkSource(FunctionChunkSource):
         super().__init__(fetch, verified=verified, timeout=timeout)
         self._fetch_sync = fetch_sync
 
-    def fetch_chunk_into(self, meta: ChunkMeta, out: memoryview) -> None:
-        data = self._fetch_sync(meta)
+    def load_chunk(self, meta: ChunkMeta) -> bytes:
+        return self._fetch_sync(meta)
+
+    def decode_chunk_into(self, meta: ChunkMeta, stored: Buffer, out: memoryview) -> None:
+        data = bytes(stored)
         if not self._verified:
             verify_chunk(meta, data)
         elif len(data) != len(out):
