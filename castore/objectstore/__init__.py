@@ -7,6 +7,7 @@
 - ``_layout``: object keys (tvix/snix bucket layout).
 - ``_adapter``: :class:`StoreAdapter`, the narrow interface to the store, for wrappers.
 - ``_errors``: the translation of obstore's exceptions into castore's (the adapter's).
+- ``_check``, ``_check_types``, ``_repair``: checking a bucket, and repairing it.
 - ``_url``: ``objectstore+…`` URLs for :func:`castore.from_addr`.
 
 Importing this package registers the ``objectstore+…`` schemes.
@@ -15,6 +16,8 @@ Importing this package registers the ``objectstore+…`` schemes.
 from __future__ import annotations
 
 from castore.objectstore._adapter import ObjectInfo, ObstoreAdapter, StoreAdapter
+from castore.objectstore._check import Check, CheckProgress
+from castore.objectstore._check_types import CheckProblem, CheckSummary, ProblemKind, Subset
 from castore.objectstore._chunker import DEFAULT_AVG_CHUNK_SIZE, StreamingChunker
 from castore.objectstore._service import ObjectStoreBlobService
 from castore.objectstore._url import SCHEMES, service_from_url
@@ -23,12 +26,18 @@ from castore.registry import register_scheme
 
 __all__ = [
     "DEFAULT_AVG_CHUNK_SIZE",
+    "Check",
+    "CheckProblem",
+    "CheckProgress",
+    "CheckSummary",
     "ObjectInfo",
     "ObjectStoreBlobService",
     "ObstoreAdapter",
     "PipelineConfig",
+    "ProblemKind",
     "StoreAdapter",
     "StreamingChunker",
+    "Subset",
 ]
 
 for _scheme in SCHEMES:

@@ -21,6 +21,8 @@ from castore._threads import THRESHOLDS, cpu_pool, run_sized
 from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter, BytesReader
 from castore.errors import BlobNotFoundError, StoreTimeoutError
 from castore.objectstore._adapter import ObstoreAdapter, StoreAdapter
+from castore.objectstore._check import Check, CheckProgress
+from castore.objectstore._check_types import Subset
 from castore.objectstore._chunker import (
     DEFAULT_AVG_CHUNK_SIZE,
     MAX_AVG_CHUNK_SIZE,
@@ -33,6 +35,7 @@ from castore.objectstore._gc_state import DEFAULT_LEASE
 from castore.objectstore._gc_writer import GcWatch
 from castore.objectstore._layout import Layout
 from castore.objectstore._listing import StoreCalls, list_blobs
+from castore.objectstore._repair import Repairer
 from castore.objectstore._writer import PUT_THREADS_PER_CPU, ObjectStoreBlobWriter, PipelineConfig
 from castore.reader import ChunkedReader
 
@@ -324,6 +327,52 @@ class ObjectStoreBlobService(BlobService):
             min_age=min_age,
             dry_run=dry_run,
             lease=lease,
+            progress=progress,
+        )
+
+    # --- checking and repairing -----------------------------------------------------------
+
+    def check(
+        self,
+        *,
+        read_data: bool = False,
+        subset: Subset | str | None = None,
+        repair_from: BlobService | None = None,
+        repair: bool = False,
+        progress: CheckProgress | None = None,
+    ) -> Check:
+        """A check of the bucket; ``async for problem in check`` runs it, then ``check.summary``.
+
+        Structural by default: every chunk a blob index names exists, every index
+        decodes, and chunk objects that no index names are counted as orphans.
+        ``read_data`` also fetches every chunk object, decodes it within the read bound
+        and compares its BLAKE3 with its key and its size with the index's; ``subset``
+        (:class:`~castore.objectstore.Subset`, or ``"N/T"`` / ``"P%"``) reads only part
+        of them.
+
+        ``repair_from`` (any blob service: a replica, a gRPC client) mends missing and
+        corrupt chunks: each is fetched by its digest, verified, and stored over the bad
+        object. ``repair`` deletes corrupt chunks that no source replaced, so that
+        putting their blob again stores them anew (a put never replaces an existing
+        chunk object). Index problems are reported, not repaired. See
+        ``docs/lifecycle.md``.
+        """
+        if isinstance(subset, str):
+            subset = Subset.parse(subset)
+        repairer = Repairer(
+            self._calls,
+            self._layout,
+            self._read_limit,
+            source=repair_from,
+            delete_corrupt=repair,
+        )
+        return Check(
+            self._calls,
+            self._layout,
+            self._read_limit,
+            read_data=read_data,
+            subset=subset,
+            repairer=repairer,
             progress=progress,
         )
 
