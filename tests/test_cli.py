@@ -406,7 +406,7 @@ def test_default_store_url_is_under_the_user_data_folder(monkeypatch: pytest.Mon
 def test_every_command_is_offered(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     usage = capsys.readouterr().out
-    for command in ("put", "get", "stat", "has", "ls", "rm", "serve"):
+    for command in ("put", "get", "stat", "has", "ls", "rm", "check", "serve"):
         assert command in usage
 
 

@@ -144,3 +144,143 @@ def test_ls_and_rm_on_memory_in_process(capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out == ""
     assert main(["--store", "memory://", "rm", "af" * 32]) == ExitCode.NOT_FOUND
     assert capsys.readouterr().out == f"not stored  {B3Digest.parse('af' * 32)}\n"
+
+
+# -- castore check ------------------------------------------------------------------------
+
+
+def _chunk_files(folder: Path) -> list[Path]:
+    return sorted(p for p in (folder / "chunks").rglob("*") if p.is_file())
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x20
+    path.write_bytes(bytes(data))
+
+
+def test_check_exit_codes_json_and_subsets(tmp_path: Path, env: dict[str, str]) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    store = f"objectstore+file://{folder}?avg_chunk_size=4096"
+    data = random.Random(5).randbytes(150_000)
+    digest = _put(store, env, tmp_path / "a", data)
+    clean = castore("--store", store, "check", "--read-data", env=env)
+    assert clean.returncode == 0, clean.stderr
+    assert clean.stdout.splitlines()[-1] == "no problems found"
+    assert clean.stderr == ""  # no status line when stderr is not a terminal
+
+    chunk = _chunk_files(folder)[7]
+    _flip(chunk)
+    # Structurally the store is whole: exit 0. Reading the data finds the flip: exit 1.
+    assert castore("--store", store, "check", env=env).returncode == 0
+    found = castore("--store", store, "check", "--read-data", env=env)
+    assert found.returncode == 1, found.stderr
+    first = found.stdout.splitlines()[0]
+    assert first.startswith(
+        f"corrupt-chunk  chunks/b3/{chunk.name[:4]}/{chunk.name} (blob {digest})"
+    )
+    assert "1 problems (1 corrupt chunks); 0 repaired, 1 left" in found.stdout
+
+    as_json = castore("--store", store, "check", "--read-data", "--json", env=env)
+    assert as_json.returncode == 1
+    docs = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert docs[0]["problem"] == "corrupt-chunk" and docs[0]["blob"] == str(digest)
+    assert docs[0]["digest"] == str(B3Digest.parse(chunk.name)) and not docs[0]["repaired"]
+    summary = docs[-1]["summary"]
+    assert summary["corrupt_chunks"] == 1 and summary["clean"] is False
+    assert summary["chunks_read"] == summary["chunks"] == len(_chunk_files(folder))
+
+    # Slices 1/2 and 2/2 read every chunk once between them; one of them finds the flip.
+    codes, read = [], 0
+    for n in (1, 2):
+        part = castore("--store", store, "check", "--read-data-subset", f"{n}/2", "--json", env=env)
+        codes.append(part.returncode)
+        read += json.loads(part.stdout.splitlines()[-1])["summary"]["chunks_read"]
+    assert sorted(codes) == [0, 1] and read == summary["chunks"]
+
+    bad = castore("--store", store, "check", "--read-data-subset", "3/2", env=env)
+    assert bad.returncode == ExitCode.USAGE and "N/T" in bad.stderr
+
+
+def test_check_repairs_from_a_replica_or_by_delete_and_put(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    folder, replica = tmp_path / "store", tmp_path / "replica"
+    folder.mkdir()
+    replica.mkdir()
+    store = f"objectstore+file://{folder}?avg_chunk_size=4096"
+    replica_url = f"objectstore+file://{replica}?avg_chunk_size=4096"
+    data = random.Random(6).randbytes(150_000)
+    source = tmp_path / "a"
+    digest = _put(store, env, source, data)
+    assert _put(replica_url, env, source, data) == digest
+    chunks = _chunk_files(folder)
+    _flip(chunks[2])
+    chunks[9].unlink()
+
+    fixed = castore("--store", store, "check", "--read-data", "--repair-from", replica_url, env=env)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert fixed.stdout.count("[repaired: replaced from the source]") == 2
+    assert "2 problems (1 missing chunks, 1 corrupt chunks); 2 repaired, 0 left" in fixed.stdout
+    assert castore("--store", store, "check", "--read-data", env=env).returncode == 0
+
+    # No source: the corrupt chunk is deleted (exit 1: the blob still lacks it) and the
+    # next put of the blob stores it anew.
+    _flip(chunks[4])
+    deleted = castore("--store", store, "check", "--read-data", "--repair", env=env)
+    assert deleted.returncode == 1
+    assert "deleted the corrupt chunk" in deleted.stdout and not chunks[4].exists()
+    missing = castore("--store", store, "check", env=env)
+    assert missing.returncode == 1 and missing.stdout.startswith("missing-chunk")
+    assert _put(store, env, source, data) == digest
+    assert castore("--store", store, "check", "--read-data", env=env).returncode == 0
+
+    url = castore("--store", store, "check", "--repair-from", "bogus://x", env=env)
+    assert url.returncode == ExitCode.BAD_STORE_URL and "--repair-from" in url.stderr
+
+
+def test_check_that_cannot_run_exits_5(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--store", "memory://", "check"]) == ExitCode.STORE_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("castore: cannot check MemoryBlobService") and "object store" in err
+    assert main(["--store", "grpc+http://127.0.0.1:9", "check"]) == ExitCode.STORE_FAILED
+
+
+def test_check_shows_its_progress_on_a_terminal(tmp_path: Path, env: dict[str, str]) -> None:
+    import pty
+    import threading
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    store = f"objectstore+file://{folder}"
+    _put(store, env, tmp_path / "a", random.Random(7).randbytes(600_000))
+    leader, follower = pty.openpty()
+    seen = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "castore", "--store", store, "check", "--read-data"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+        )
+        os.close(follower)
+        stdout, _ = proc.communicate(timeout=120)
+        reader.join(timeout=10)
+    finally:
+        os.close(leader)
+    assert proc.returncode == 0 and stdout.decode().endswith("no problems found\n")
+    assert b"\rcheck: " in seen.replace(b"\x1b[K", b"") and seen.endswith(b"\r\x1b[K")

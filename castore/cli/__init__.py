@@ -4,7 +4,8 @@
 line each; ``castore get DIGEST [-o FILE]`` streams a blob to stdout or a file;
 ``castore stat DIGEST`` prints its size and chunks; ``castore has DIGEST`` answers with
 its exit code; ``castore ls`` lists the stored blobs and ``castore rm DIGEST…`` deletes
-them; ``castore serve`` serves a store over gRPC and HTTP. The store is
+them; ``castore check`` verifies an object store and repairs it; ``castore serve`` serves
+a store over gRPC and HTTP. The store is
 ``--store URL``, else ``$CASTORE_STORE``, else an embedded local store under the user's
 data folder (see :mod:`castore.cli._store`).
 
@@ -20,7 +21,7 @@ holds a whole blob in memory. Failures print one line on stderr, never a traceba
 code  meaning
 ====  ==========================================================================
 0     success (``has``: the blob is stored)
-1     the blob is not stored (``has``, ``get``, ``stat``)
+1     the blob is not stored (``has``, ``get``, ``stat``, ``rm``); ``check``: problems left
 2     bad command line (usage)
 3     not a digest
 4     not a usable store URL
@@ -43,7 +44,7 @@ import sys
 from collections.abc import Sequence
 
 from castore import __version__
-from castore.cli import _get, _has, _ls, _put, _rm, _serve, _stat
+from castore.cli import _check, _get, _has, _ls, _put, _rm, _serve, _stat
 from castore.cli._command import Handler, Parser, Register
 from castore.cli._errors import ExitCode, classify, error, unwrap
 from castore.cli._progress import PROGRESS_MIN
@@ -79,6 +80,7 @@ COMMANDS: tuple[Register, ...] = (
     _has.register,
     _ls.register,
     _rm.register,
+    _check.register,
     _serve.register,
 )
 

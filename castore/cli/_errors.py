@@ -28,6 +28,8 @@ class ExitCode:
 
     OK = 0
     NOT_FOUND = 1
+    #: ``castore check`` found problems that are still there.
+    PROBLEMS = 1
     USAGE = 2
     BAD_DIGEST = 3
     BAD_STORE_URL = 4
