@@ -8,6 +8,7 @@ named.
 from __future__ import annotations
 
 from benchmarks import builtin
+from benchmarks.check import CheckBench
 from benchmarks.section import Section
 
 __all__ = ["SECTIONS"]
@@ -20,4 +21,5 @@ SECTIONS: tuple[type[Section], ...] = (
     builtin.Latency,
     builtin.Dedup,
     builtin.Peers,
+    CheckBench,
 )

@@ -232,7 +232,10 @@ class Check:
         for start in range(0, len(todo), _BATCH):
             batch = todo[start : start + _BATCH]
             frames = await bounded_map(get, batch, lookups(calls.adapter))
-            size = sum(len(memoryview(f)) for f in frames if f is not None)
+            # The work is decompressing and hashing: bounded by the chunks' sizes (the
+            # read limit where the index does not say), not by the compressed bytes.
+            present = [n for (_, n, _), f in zip(batch, frames, strict=True) if f is not None]
+            size = sum(n or self._limit for n in present)
             items = [(d, n) for d, n, _ in batch]
             verdicts = await run_sized(
                 size, THRESHOLDS.hash, _verify_all, items, frames, self._limit
