@@ -2,7 +2,7 @@
 
 Exit 0 when no problem is left (none found, or every one repaired), 1 when problems are
 left, and the usual codes when the check cannot run (5: the store failed, or it is not
-an object store; 4: a bad store URL; 2: a bad command line).
+an object store; 8: the store refused permission; 4: a bad store URL; 2: a bad command line).
 """
 
 from __future__ import annotations
