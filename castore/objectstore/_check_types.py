@@ -132,7 +132,9 @@ class Subset:
     n: int = 1
     t: int = 1
     percent: float | None = None
-    _rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+    _rng: random.Random = field(
+        default_factory=random.Random, init=False, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.percent is not None:
