@@ -396,3 +396,40 @@ async def test_seaweedfs_check_finds_and_repairs_a_truncated_chunk(
         assert b"[repaired: replaced from the source]" in fixed.stdout
         assert bytes(obstore.get(bucket, key).bytes()) == frame
         assert await svc.get(digest) == data
+
+
+async def test_writers_and_deleters_during_a_check_cause_no_false_problems(
+    store: Store,
+) -> None:
+    """Blobs written and deleted while checks run: no check reports a problem (indexes are
+    read before chunks are listed, and a blob deleted meanwhile is skipped). Every listing
+    is slowed down so that writers commit blobs between a check's steps."""
+    faulty = FaultyStore(store)
+    faulty.plan("list", Fault.DELAY, rate=1.0, delay=0.05, where="/b3")
+    async with ObjectStoreBlobService(faulty, avg_chunk_size=AVG) as svc:
+        await _check_beside_writers(svc)
+
+
+async def _check_beside_writers(svc: ObjectStoreBlobService) -> None:
+    rng = random.Random(11)
+    pool = [_data(3000, seed=100 + i) for i in range(12)]
+    written: list[B3Digest] = []
+    done = anyio.Event()
+
+    async def write_and_delete() -> None:
+        for i in range(40):
+            blob = b"".join(rng.choice(pool) for _ in range(rng.randint(2, 12)))
+            written.append(await svc.put(blob))
+            if i % 3 == 2:
+                await svc.delete(written.pop(rng.randrange(len(written))))
+        done.set()
+
+    checks = 0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(write_and_delete)
+        while not done.is_set() or checks < 3:
+            problems, s = await _run(svc, read_data=checks % 2 == 1)
+            assert problems == [], problems
+            checks += 1
+    problems, s = await _run(svc, read_data=True)
+    assert problems == [] and s.blobs == len(set(written)) and checks >= 3
