@@ -12,41 +12,39 @@ import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
 
+import anyio.abc
 import anyio.lowlevel
 
 from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore.errors import (
     CastoreError,
+    InvalidSeekError,
     UnsupportedOperationError,
     WriteAbortedError,
     WriterClosedError,
 )
 
-__all__ = ["BlobInfo", "BlobReader", "BlobService", "BlobWriter", "BytesReader"]
+__all__ = [
+    "AsyncResource",
+    "BlobInfo",
+    "BlobReader",
+    "BlobService",
+    "BlobWriter",
+    "BytesReader",
+    "seek_target",
+]
 
 #: Block size for ``async for`` over a reader that has no natural blocks.
 DEFAULT_BLOCK = 256 * 1024
 
 
-class AsyncResource:
-    """``async with`` around :meth:`aclose`, which subclasses override when they hold
-    anything (tasks, connections, buffers)."""
+class AsyncResource(anyio.abc.AsyncResource):
+    """An :class:`anyio.abc.AsyncResource`: ``async with`` around :meth:`aclose`, which
+    subclasses override when they hold anything (tasks, connections, buffers)."""
 
     async def aclose(self) -> None:
         """Release what the object holds. Safe to call more than once."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class BlobReader(AsyncResource, abc.ABC):
@@ -93,20 +91,20 @@ class BlobReader(AsyncResource, abc.ABC):
             yield block
 
 
-class BlobWriter(abc.ABC):
+class BlobWriter(AsyncResource, abc.ABC):
     """Accepts a blob's bytes; :meth:`close` stores it and returns its digest.
 
-    Subclasses implement :meth:`_write`, :meth:`_finish` and :meth:`_abort`; this class
-    keeps the state machine every writer shares: writing after close raises
-    :class:`~castore.errors.WriterClosedError`; a second :meth:`close` returns the cached
-    digest or raises the cached error again; ``async with`` closes on a clean exit and
-    aborts (storing nothing) on an exception.
+    An async resource like a reader: :meth:`aclose` aborts a writer that is still open
+    and does nothing after :meth:`close`. Subclasses implement :meth:`_write`,
+    :meth:`_finish` and :meth:`_abort`; this class keeps the state machine every writer
+    shares: writing after close raises :class:`~castore.errors.WriterClosedError`; a
+    second :meth:`close` returns the cached digest or raises the cached error again;
+    ``async with`` closes on a clean exit and aborts (storing nothing) on an exception.
     """
 
     _digest: B3Digest | None = None
     _error: BaseException | None = None
     _closed: bool = False
-    _aborted: bool = False
 
     async def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append ``data``; returns ``len(data)``. May wait (backpressure)."""
@@ -121,7 +119,6 @@ class BlobWriter(abc.ABC):
             # A failed or cancelled write poisons the writer: close() must not store a
             # blob that lacks bytes the caller believes were written.
             self._closed = True
-            self._aborted = True
             self._error = (
                 e
                 if isinstance(e, CastoreError | OSError)
@@ -155,9 +152,13 @@ class BlobWriter(abc.ABC):
         if self._closed:
             return
         self._closed = True
-        self._aborted = True
         self._error = WriteAbortedError("the writer was aborted; nothing was stored")
         await self._abort()
+
+    async def aclose(self) -> None:
+        """Release the writer: abort it if it is still open (nothing is stored), else
+        nothing. Use :meth:`close` to store the blob."""
+        await self.abort()
 
     def _cached(self) -> B3Digest:
         if self._digest is not None:
@@ -177,9 +178,6 @@ class BlobWriter(abc.ABC):
     @abc.abstractmethod
     async def _abort(self) -> None:
         """Drop everything; must be idempotent and must not raise."""
-
-    async def __aenter__(self) -> Self:
-        return self
 
     async def __aexit__(
         self,
@@ -299,7 +297,7 @@ class BytesReader(BlobReader):
         return self._data[start:end]
 
     async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        target = _seek_target(offset, whence, self._pos, len(self._data))
+        target = seek_target(offset, whence, self._pos, len(self._data))
         self._pos = target  # past the end is allowed and reads b""
         return target
 
@@ -307,8 +305,11 @@ class BytesReader(BlobReader):
         return self._pos
 
 
-def _seek_target(offset: int, whence: int, pos: int, length: int) -> int:
-    from castore.errors import InvalidSeekError
+def seek_target(offset: int, whence: int, pos: int, length: int) -> int:
+    """The absolute position a ``seek(offset, whence)`` asks for, from position ``pos``
+    in a blob of ``length`` bytes; raises
+    :class:`~castore.errors.InvalidSeekError` for a bad ``whence`` or a negative target.
+    Whether a target past the end is allowed is the reader's decision."""
 
     if whence == io.SEEK_SET:
         target = offset
@@ -321,3 +322,7 @@ def _seek_target(offset: int, whence: int, pos: int, length: int) -> int:
     if target < 0:
         raise InvalidSeekError(f"seek to negative position {target}")
     return target
+
+
+#: The private spelling of :func:`seek_target`, for code that imported it.
+_seek_target = seek_target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import anyio.abc
 import pytest
 
 import castore
@@ -13,6 +14,7 @@ from castore.errors import (
     CastoreError,
     DataCorruptionError,
     DecompressionBombError,
+    InvalidSeekError,
     StoreError,
     StorePermissionError,
     StoreTimeoutError,
@@ -20,6 +22,7 @@ from castore.errors import (
     translate_store_error,
 )
 from castore.testing.fixtures import BLOB_A_DIGEST, HELLOWORLD, HELLOWORLD_DIGEST
+from castore.wrappers import StatsBlobService, WrapperBlobWriter
 
 HEX = "5ca7815adcb484e9a136c11efe69c1d530176d549b5d18d038eb5280b4b3470c"
 
@@ -186,6 +189,58 @@ async def test_failed_write_poisons_writer() -> None:
     with pytest.raises(StoreError, match="lost"):
         await w.close()
     assert not w.finished
+
+
+async def test_writer_is_an_async_resource_whose_aclose_aborts_an_open_writer() -> None:
+    svc = castore.MemoryBlobService()
+    w = await svc.open_write()
+    assert isinstance(w, anyio.abc.AsyncResource)
+    await w.write(HELLOWORLD)
+    await w.aclose()
+    await w.aclose()  # idempotent
+    with pytest.raises(castore.WriteAbortedError):
+        await w.close()
+    with pytest.raises(castore.WriterClosedError):
+        await w.write(b"x")
+    assert not await svc.has(HELLOWORLD_DIGEST)
+
+
+async def test_writer_aclose_after_close_keeps_the_blob() -> None:
+    svc = castore.MemoryBlobService()
+    w = StatsBlobService(svc)
+    writer = await w.open_write()
+    await writer.write(HELLOWORLD)
+    assert await writer.close() == HELLOWORLD_DIGEST
+    await writer.aclose()
+    assert await writer.close() == HELLOWORLD_DIGEST
+    assert await svc.get(HELLOWORLD_DIGEST) == HELLOWORLD
+
+
+async def test_wrapper_writer_keeps_the_state_machine() -> None:
+    inner = castore.MemoryBlobService()
+    writer = WrapperBlobWriter(await inner.open_write())
+    await writer.write(HELLOWORLD)
+    assert await writer.close() == HELLOWORLD_DIGEST
+    assert await writer.close() == HELLOWORLD_DIGEST
+    with pytest.raises(castore.WriterClosedError):
+        await writer.write(b"x")
+    aborted = WrapperBlobWriter(await inner.open_write())
+    await aborted.write(b"never stored")
+    await aborted.aclose()
+    with pytest.raises(castore.WriteAbortedError):
+        await aborted.close()
+    with pytest.raises(castore.WriteAbortedError):
+        await aborted.inner.close()
+    assert await inner.get(B3Digest.of(b"never stored")) is None
+
+
+def test_seek_target_is_public() -> None:
+    from castore.blobservice import _seek_target, seek_target
+
+    assert seek_target(-2, 2, 0, 10) == 8
+    assert _seek_target is seek_target
+    with pytest.raises(InvalidSeekError):
+        seek_target(-1, 0, 0, 10)
 
 
 def test_public_names() -> None:

@@ -45,7 +45,7 @@ from castore._proto.tvix.castore.v1 import (
     StatBlobRequest,
     StatBlobResponse,
 )
-from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader, _seek_target
+from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader, seek_target
 from castore.errors import (
     BlobNotFoundError,
     CastoreError,
@@ -580,7 +580,7 @@ class _StreamReader(BlobReader):
     async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         if whence == io.SEEK_END and self._length is None:
             await self._drain()
-        target = _seek_target(offset, whence, self._pos, self._length or 0)
+        target = seek_target(offset, whence, self._pos, self._length or 0)
         self._pos = target  # past the end is allowed and reads b""
         return target
 

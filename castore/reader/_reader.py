@@ -28,7 +28,7 @@ import anyio
 
 from castore._digest import B3Digest, ChunkMeta
 from castore._threads import THRESHOLDS
-from castore.blobservice import BlobReader, BlobService, _seek_target
+from castore.blobservice import BlobReader, BlobService, seek_target
 from castore.errors import DigestMismatchError, InvalidSeekError
 from castore.reader._blobhash import BlobHash
 from castore.reader._pullers import Window, reader_pool
@@ -142,7 +142,7 @@ class ChunkedReader(BlobReader):
         return self._pos
 
     async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        target = _seek_target(offset, whence, self._pos, self._length)
+        target = seek_target(offset, whence, self._pos, self._length)
         if target > self._length:
             raise InvalidSeekError(f"seek to {target} past the end of a {self._length}-byte blob")
         self._pos = target

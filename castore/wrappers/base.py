@@ -95,13 +95,13 @@ class WrapperBlobReader(BlobReader):
 
 
 class WrapperBlobWriter(BlobWriter):
-    """A :class:`~castore.BlobWriter` that forwards to ``inner``: a transparent proxy.
+    """A :class:`~castore.BlobWriter` that forwards to ``inner``.
 
-    :meth:`write`, :meth:`close` and :meth:`abort` go straight to ``inner``, whose state
-    machine (write after close, close twice, abort in ``async with``) is the one that
-    applies; the proxy keeps none of its own. This saves a coroutine per layer on every
-    write, which matters for stacks of wrappers fed many small pieces. Subclasses that
-    observe writes override those three methods and call ``inner`` themselves.
+    The state machine is :class:`~castore.BlobWriter`'s, as for every writer: the
+    wrapper's :meth:`_write`, :meth:`_finish` and :meth:`_abort` forward to ``inner``'s
+    ``write``, ``close`` and ``abort``. Subclasses that observe writes override those
+    three, or the public methods when they must also see what the state machine answers
+    by itself (a write after close, a second close).
     """
 
     def __init__(self, inner: BlobWriter) -> None:
@@ -111,18 +111,6 @@ class WrapperBlobWriter(BlobWriter):
     def inner(self) -> BlobWriter:
         """The wrapped writer."""
         return self._inner
-
-    async def write(self, data: bytes | bytearray | memoryview) -> int:
-        return await self._inner.write(data)
-
-    async def close(self) -> B3Digest:
-        return await self._inner.close()
-
-    async def abort(self) -> None:
-        await self._inner.abort()
-
-    # The template methods are unused (the public methods above bypass them), but the
-    # ABC requires them; they forward too, for subclasses that call them.
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
         await self._inner.write(data)
