@@ -160,6 +160,14 @@ class BlobWriter(AsyncResource, abc.ABC):
         nothing. Use :meth:`close` to store the blob."""
         await self.abort()
 
+    @property
+    def new_bytes(self) -> int | None:
+        """After a successful :meth:`close`: how many of the blob's bytes this writer added
+        to the store, uncompressed (chunks that were already stored do not count, so
+        storing a blob again gives 0); ``None`` before that, or when the backend cannot
+        tell."""
+        return None
+
     def _cached(self) -> B3Digest:
         if self._digest is not None:
             return self._digest

@@ -69,6 +69,11 @@ class _MemoryWriter(BlobWriter):
         self._blobs = blobs
         self._parts: list[bytes] = []
         self._hasher = blake3.blake3(max_threads=1)
+        self._new_bytes: int | None = None
+
+    @property
+    def new_bytes(self) -> int | None:
+        return self._new_bytes
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
         part = bytes(data)
@@ -83,7 +88,11 @@ class _MemoryWriter(BlobWriter):
         digest = B3Digest(self._hasher.digest())
         data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
         self._parts = []
-        self._blobs.setdefault(digest, data)
+        if digest not in self._blobs:
+            self._blobs[digest] = data
+            self._new_bytes = len(data)
+        else:
+            self._new_bytes = 0
         return digest
 
     async def _abort(self) -> None:

@@ -1,11 +1,12 @@
 """The ``castore`` command: put, get, stat, has, list and delete blobs; serve a store.
 
 ``castore put FILE|- …`` stores files (``-`` is stdin) and prints one ``<digest>  <name>``
-line each; ``castore get DIGEST [-o FILE]`` streams a blob to stdout or a file;
-``castore stat DIGEST`` prints its size and chunks; ``castore has DIGEST`` answers with
-its exit code; ``castore ls`` lists the stored blobs and ``castore rm DIGEST…`` deletes
-them; ``castore check`` verifies an object store and repairs it; ``castore serve`` serves
-a store over gRPC and HTTP. The store is
+line each (``--quiet``: the digest alone; ``--json``: an object); ``castore get DIGEST
+[-o FILE]`` streams a blob to a pipe or a file; ``castore stat DIGEST…`` prints sizes and
+chunk counts (``--chunks`` the table); ``castore has DIGEST…`` answers with its exit
+code; ``castore ls`` lists the stored blobs and ``castore rm DIGEST…`` deletes them;
+``castore check`` verifies an object store and repairs it; ``castore serve`` serves a
+store over gRPC and HTTP. The store is
 ``--store URL``, else ``$CASTORE_STORE``, else an embedded local store under the user's
 data folder (see :mod:`castore.cli._store`).
 

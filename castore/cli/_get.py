@@ -1,4 +1,8 @@
-"""``castore get DIGEST [-o FILE]``: stream a blob to stdout or a file."""
+"""``castore get DIGEST [-o FILE]``: stream a blob to stdout or a file.
+
+Like curl, it will not write a blob to a terminal (binary data scrambles it) unless told
+to with ``-o -``; a pipe or ``-o FILE`` is written as asked.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 import anyio
 import anyio.to_thread
@@ -26,7 +30,13 @@ def register(sub: Subparsers, common: Parser) -> None:
     """Add ``get``."""
     p = sub.add_parser("get", parents=[common], help="write a blob to stdout or a file")
     p.add_argument("digest", metavar="DIGEST", help=DIGEST_HELP)
-    p.add_argument("-o", "--output", default="-", metavar="FILE", help="write here, not stdout")
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="write here, not stdout (- is stdout, also when it is a terminal)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -53,7 +63,12 @@ async def _open_output(path: str) -> tuple[BinaryIO, Callable[[bool], Awaitable[
     try:
         handle = await anyio.to_thread.run_sync(create)
     except OSError as e:
-        raise Failure(ExitCode.LOCAL_IO, f"cannot write {path}: {e.strerror or e}") from e
+        # The error is about the temporary file, not about ``path`` (which may exist).
+        raise Failure(
+            ExitCode.LOCAL_IO,
+            f"cannot write {path}: cannot create the temporary file {temp.name} in "
+            f"{temp.parent}: {e.strerror or e}",
+        ) from e
 
     async def finish_file(ok: bool) -> None:
         def done() -> None:
@@ -73,9 +88,24 @@ async def _open_output(path: str) -> tuple[BinaryIO, Callable[[bool], Awaitable[
     return handle, finish_file
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except ValueError:  # closed
+        return False
+
+
 async def run(args: argparse.Namespace) -> int:
     """Stream one blob to stdout or to ``-o FILE``."""
     digest = parse_digest(args.digest)
+    if args.output is None:
+        if _is_terminal(sys.stdout):
+            raise Failure(
+                ExitCode.USAGE,
+                "not writing a blob to the terminal; give -o FILE, pipe it, or -o - to "
+                "write it here anyway",
+            )
+        args.output = "-"
     async with await open_store(args) as service:
         reader = await service.open_read(digest)
         if reader is None:

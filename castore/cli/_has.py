@@ -1,4 +1,4 @@
-"""``castore has DIGEST``: answer with the exit code whether a blob is stored."""
+"""``castore has DIGEST…``: answer with the exit code whether blobs are stored."""
 
 from __future__ import annotations
 
@@ -13,17 +13,29 @@ __all__ = ["register"]
 
 def register(sub: Subparsers, common: Parser) -> None:
     """Add ``has``."""
-    p = sub.add_parser("has", parents=[common], help="exit 0 if a blob is stored, 1 if not")
-    p.add_argument("digest", metavar="DIGEST", help=DIGEST_HELP)
-    p.add_argument("-v", "--verbose", action="store_true", help="also print the answer")
+    p = sub.add_parser(
+        "has",
+        parents=[common],
+        help="exit 0 if every blob given is stored, 1 if not",
+        description="Exit 0 if every blob given is stored, 1 if any is not.",
+    )
+    p.add_argument("digests", nargs="+", metavar="DIGEST", help=DIGEST_HELP)
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="also print each answer (present/absent)"
+    )
     p.set_defaults(handler=run)
 
 
 async def run(args: argparse.Namespace) -> int:
-    """Exit 0 if the blob is stored, 1 if not; print nothing unless ``--verbose``."""
-    digest = parse_digest(args.digest)
+    """Exit 0 if all the blobs are stored, 1 if not; print nothing unless ``--verbose``."""
+    digests = [parse_digest(text) for text in args.digests]
+    all_present = True
     async with await open_store(args) as service:
-        present = await service.has(digest)
-    if args.verbose:
-        print(f"{digest}  {'present' if present else 'absent'}")
-    return ExitCode.OK if present else ExitCode.NOT_FOUND
+        for digest in digests:
+            present = await service.has(digest)
+            all_present = all_present and present
+            if args.verbose:
+                print(f"{digest}  {'present' if present else 'absent'}", flush=True)
+            elif not present:
+                break  # the answer is known
+    return ExitCode.OK if all_present else ExitCode.NOT_FOUND

@@ -1,9 +1,16 @@
-"""``castore put FILE|- …``: store files (``-`` is stdin) and print their digests."""
+"""``castore put FILE|- …``: store files (``-`` is stdin) and print their digests.
+
+One line a file: ``<digest>  <name>``; with ``--quiet`` the digest alone (so that
+``d=$(castore put --quiet FILE)`` needs no ``cut``); with ``--json`` one JSON object
+(name, digest, size, chunk count and the bytes this put added to the store).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import dataclass
 
 import anyio
 
@@ -23,10 +30,27 @@ def register(sub: Subparsers, common: Parser) -> None:
         "put", parents=[common], help="store files (or stdin as -) and print their digests"
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="a file to store, or - for stdin")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument(
+        "-q", "--quiet", action="store_true", help="print only each digest, one a line"
+    )
+    form.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object a file: name, digest, size, chunks, new_bytes "
+        "(bytes this put added to the store; null if the store cannot tell)",
+    )
     p.set_defaults(handler=run)
 
 
-async def _put_one(service: BlobService, name: str) -> B3Digest:
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    digest: B3Digest
+    size: int
+    new_bytes: int | None
+
+
+async def _put_one(service: BlobService, name: str) -> _Stored:
     if name == "-":
         source: anyio.AsyncFile[bytes] = anyio.wrap_file(sys.stdin.buffer)
         total: int | None = None
@@ -40,6 +64,7 @@ async def _put_one(service: BlobService, name: str) -> B3Digest:
         total = stat.st_size if stat.st_size > 0 else None
         owned = True
     progress = Progress(name, total)
+    size = 0
     try:
         writer = await service.open_write()
         async with writer:
@@ -53,8 +78,10 @@ async def _put_one(service: BlobService, name: str) -> B3Digest:
                 if not piece:
                     break
                 await writer.write(piece)
+                size += len(piece)
                 progress.update(len(piece))
-        return await writer.close()
+        digest = await writer.close()
+        return _Stored(digest, size, writer.new_bytes)
     finally:
         progress.finish()
         if owned:
@@ -69,12 +96,32 @@ async def run(args: argparse.Namespace) -> int:
     async with await open_store(args) as service:
         for name in args.files:
             try:
-                digest = await _put_one(service, name)
+                stored = await _put_one(service, name)
             except Failure as e:
                 if e.code != ExitCode.LOCAL_IO:
                     raise
                 error(str(e))
                 first_error = first_error or e.code
                 continue
-            print(f"{digest}  {name}", flush=True)
+            if args.json:
+                print(await _json(service, name, stored), flush=True)
+            elif args.quiet:
+                print(stored.digest, flush=True)
+            else:
+                print(f"{stored.digest}  {name}", flush=True)
     return first_error
+
+
+async def _json(service: BlobService, name: str, stored: _Stored) -> str:
+    """The ``--json`` line: the chunk count is the one ``stat`` gives (a blob stored as
+    one piece has one chunk, the empty blob none)."""
+    metas = await service.chunks(stored.digest)
+    chunks = len(metas) if metas else (1 if stored.size else 0)
+    doc = {
+        "name": name,
+        "digest": str(stored.digest),
+        "size": stored.size,
+        "chunks": chunks,
+        "new_bytes": stored.new_bytes,
+    }
+    return json.dumps(doc)

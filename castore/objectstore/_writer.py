@@ -125,10 +125,13 @@ class _Blob:
         "aborted",
         "adapter",
         "chunker",
+        "count_lock",
         "digest",
         "gc",
         "hasher",
         "layout",
+        "new_bytes",
+        "new_chunks",
         "put_pool",
         "sync_put",
     )
@@ -154,6 +157,17 @@ class _Blob:
         self.digest: bytes | None = None
         # Set (from the loop) when the blob is abandoned or has failed; jobs check it.
         self.aborted = False
+        # Chunks this writer stored (a put that found the key taken does not count), and
+        # their uncompressed bytes: what ``castore put --json`` reports as new.
+        self.new_chunks = 0
+        self.new_bytes = 0
+        self.count_lock = threading.Lock()
+
+    def count_new(self, size: int) -> None:
+        """Count one chunk of ``size`` bytes that this writer stored (any thread)."""
+        with self.count_lock:
+            self.new_chunks += 1
+            self.new_bytes += size
 
 
 class _Segment:
@@ -182,9 +196,10 @@ class _Segment:
 
 
 class _Done:
-    """What a job hands back: the segment's final chunks and, for remote stores, frames."""
+    """What a job hands back: the segment's final chunks and, for remote stores, frames
+    (with the uncompressed size of each in ``raw``)."""
 
-    __slots__ = ("digests", "frames", "keys", "sizes")
+    __slots__ = ("digests", "frames", "keys", "raw", "sizes")
 
     def __init__(
         self,
@@ -192,11 +207,13 @@ class _Done:
         sizes: list[int],
         keys: list[str],
         frames: list[bytes],
+        raw: list[int],
     ) -> None:
         self.digests = digests
         self.sizes = sizes
         self.keys = keys
         self.frames = frames
+        self.raw = raw
 
 
 class _Abandoned(Exception):
@@ -237,11 +254,12 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
         seg.pieces = []
 
     if not chunks:
-        return _Done([], [], [], [])
+        return _Done([], [], [], [], [])
     digests: list[bytes] = []
     sizes: list[int] = []
     keys: list[str] = []
     frames: list[bytes] = []
+    raw: list[int] = []
     # Repeats within the segment (runs of zeros, say) are compressed and stored once.
     seen: set[bytes] = set()
     chunk_key = blob.layout.chunk
@@ -249,7 +267,8 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
     # one large output buffer per call costs more in page faults than it saves.
     compress = compressor().compress
     adapter = blob.adapter if blob.sync_put else None
-    puts: deque[Future[bool]] | None = None
+    # Each queued put with the uncompressed size of its chunk.
+    puts: deque[tuple[Future[bool], int]] | None = None
     if blob.put_pool is not None:
         puts = deque()
         submit = blob.put_pool.submit
@@ -269,6 +288,7 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
             if adapter is None:
                 keys.append(key)
                 frames.append(compress(piece))
+                raw.append(len(piece))
                 continue
             if blob.aborted:
                 raise _Abandoned
@@ -278,36 +298,46 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
                 continue
             frame = compress(piece)
             if puts is None:
-                adapter.put_new(key, frame)
+                if adapter.put_new(key, frame):
+                    blob.count_new(len(piece))
                 continue
-            puts.append(submit(adapter.put_new, key, frame))
+            puts.append((submit(adapter.put_new, key, frame), len(piece)))
             while len(puts) > _PUTS_PER_JOB:
-                puts.popleft().result()
+                _count_put(blob, *puts.popleft())
         while puts:
-            puts.popleft().result()
+            _count_put(blob, *puts.popleft())
     finally:
         if puts:
             # Failing: let the puts already started finish (nothing may touch the store
             # once the writer is closed); the first error is the one reported.
-            for fut in puts:
+            for fut, _ in puts:
                 fut.cancel()
-            for fut in puts:
+            for fut, _ in puts:
                 with contextlib.suppress(BaseException):
                     fut.result()
-    return _Done(digests, sizes, keys, frames)
+    return _Done(digests, sizes, keys, frames, raw)
+
+
+def _count_put(blob: _Blob, put: Future[bool], size: int) -> None:
+    """Wait for a put handed to the put pool; count its chunk if it stored it."""
+    if put.result():
+        blob.count_new(size)
 
 
 class _Uploads:
     """Concurrent conditional puts from the loop, bounded in count and bytes."""
 
-    def __init__(self, adapter: StoreAdapter, max_count: int, max_bytes: int) -> None:
-        self._adapter = adapter
+    def __init__(self, blob: _Blob, max_count: int, max_bytes: int) -> None:
+        self._blob = blob
+        self._adapter = blob.adapter
         self._max_count = max_count
         self._max_bytes = max_bytes
         self._pending: dict[asyncio.Task[bool], int] = {}
+        # The uncompressed size of each pending put's chunk.
+        self._raw: dict[asyncio.Task[bool], int] = {}
         self._bytes = 0
 
-    async def add(self, key: str, frame: Buffer) -> None:
+    async def add(self, key: str, frame: Buffer, raw: int) -> None:
         size = len(memoryview(frame))
         while self._pending and (
             len(self._pending) >= self._max_count or self._bytes + size > self._max_bytes
@@ -315,6 +345,7 @@ class _Uploads:
             await self._wait_one()
         task = asyncio.ensure_future(self._adapter.put_new_async(key, frame))
         self._pending[task] = size
+        self._raw[task] = raw
         self._bytes += size
 
     async def _wait_one(self) -> None:
@@ -322,7 +353,9 @@ class _Uploads:
         for t in done:
             self._bytes -= self._pending.pop(t)
         for t in done:
-            t.result()
+            raw = self._raw.pop(t)
+            if t.result():
+                self._blob.count_new(raw)
 
     async def drain(self) -> None:
         while self._pending:
@@ -333,6 +366,7 @@ class _Uploads:
             t.cancel()
             t.add_done_callback(_retrieve)
         self._pending.clear()
+        self._raw.clear()
         self._bytes = 0
 
 
@@ -370,7 +404,7 @@ async def _consume(
 ) -> B3Digest:
     """The consumer task: stream -> segments -> worker jobs -> uploads -> index."""
     inflight: deque[asyncio.Future[_Done]] = deque()
-    uploads = None if blob.sync_put else _Uploads(blob.adapter, cfg.uploads, cfg.upload_bytes)
+    uploads = None if blob.sync_put else _Uploads(blob, cfg.uploads, cfg.upload_bytes)
     digests: list[bytes] = []
     sizes: list[int] = []
     last = _Segment([], False, threading.Event(), threading.Event())
@@ -390,8 +424,8 @@ async def _consume(
         digests.extend(done.digests)
         sizes.extend(done.sizes)
         if uploads is not None:
-            for key, frame in zip(done.keys, done.frames, strict=True):
-                await uploads.add(key, frame)
+            for key, frame, raw in zip(done.keys, done.frames, done.raw, strict=True):
+                await uploads.add(key, frame, raw)
 
     try:
         pieces: list[Piece] = []
@@ -470,6 +504,11 @@ class ObjectStoreBlobWriter(BlobWriter):
             _consume(self._blob, receive, pool, cfg), name="castore-objectstore-writer"
         )
         self._task.add_done_callback(_retrieve)
+
+    @property
+    def new_bytes(self) -> int | None:
+        """The bytes of the chunks this writer stored (see :attr:`BlobWriter.new_bytes`)."""
+        return self._blob.new_bytes if self._digest is not None else None
 
     async def _send_item(self, item: Piece) -> None:
         try:

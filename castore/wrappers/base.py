@@ -112,6 +112,11 @@ class WrapperBlobWriter(BlobWriter):
         """The wrapped writer."""
         return self._inner
 
+    @property
+    def new_bytes(self) -> int | None:
+        """What the wrapped writer stored (see :attr:`castore.BlobWriter.new_bytes`)."""
+        return self._inner.new_bytes
+
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
         await self._inner.write(data)
 
