@@ -424,5 +424,5 @@ def test_castore_serve_module_still_works_with_a_deprecation_warning(
     args = parser.parse_args(["serve", "--store", "memory://", "--no-grpc"])
     assert args.handler is castore.serve.run and args.global_store == "memory://"
     # No --http with --no-grpc: nothing to serve, said before anything starts.
-    assert castore.serve.main(["--store", "memory://", "--no-grpc"]) == ExitCode.BAD_STORE_URL
+    assert castore.serve.main(["--store", "memory://", "--no-grpc"]) == ExitCode.USAGE
     assert "--no-grpc needs --http" in capsys.readouterr().err

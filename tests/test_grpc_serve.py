@@ -120,11 +120,13 @@ def test_bad_arguments_exit_with_usage_or_address_errors() -> None:
             check=False,
         )
 
+    # A listen address that is not one is a usage error, not a bad store URL.
     result = run("--listen", "grpc+http://127.0.0.1")
-    assert result.returncode == 4, result.stderr
+    assert result.returncode == 2, result.stderr
     assert b"needs a host and a port" in result.stderr
     result = run("--listen", "http://127.0.0.1:1")
-    assert result.returncode == 4, result.stderr
+    assert result.returncode == 2, result.stderr
+    assert b"bad store URL" not in result.stderr
     result = run("--tls-cert", "/nonexistent.pem")
-    assert result.returncode == 4, result.stderr
+    assert result.returncode == 2, result.stderr
     assert b"go together" in result.stderr

@@ -30,6 +30,8 @@ code  meaning
 6     stored data is corrupt (a digest does not match)
 7     a local file cannot be read or written
 8     the store refused access (permissions, a read-only file system, credentials)
+9     ``serve`` cannot listen on an address (in use, or not its to take)
+10    an optional dependency the command needs is not installed
 130   interrupted (Ctrl-C)
 141   the output pipe was closed early (``castore get … | head``)
 ====  ==========================================================================
@@ -98,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"The store is --store, else ${STORE_ENV}, else {default_store_url()}. "
         "Exit codes: 0 ok, 1 not found, 2 usage, 3 bad digest, 4 bad store URL, "
         "5 store failed, 6 corrupt data, 7 local file error, 8 permission denied by the "
-        "store, 130 interrupted (Ctrl-C), 141 output pipe closed early.",
+        "store, 9 cannot listen (serve), 10 missing dependency, 130 interrupted (Ctrl-C), "
+        "141 output pipe closed early.",
     )
     parser.add_argument("--version", action="version", version=f"castore {__version__}")
     add_store_options(parser, after_command=False)

@@ -37,6 +37,8 @@ class ExitCode:
     CORRUPT = 6
     LOCAL_IO = 7
     PERMISSION = 8
+    LISTEN = 9
+    MISSING_DEPENDENCY = 10
     INTERRUPTED = 130
     BROKEN_PIPE = 141
 

@@ -14,6 +14,11 @@ with the real port when ``--listen`` asked for port 0. ``--config FILE`` serves 
 ``--http HOST:PORT`` also serves the HTTP gateway (:mod:`castore.http`, on uvicorn) over
 the same store, in the same event loop; ``--no-grpc`` serves only that. It prints
 ``castore serve: HTTP gateway on URL`` once ready.
+
+Nothing says it is listening before every server is: both addresses are bound first, and
+a failure to bind (an address in use, a port it may not take) exits 9 naming the address,
+with nothing printed as listening. A missing dependency of the gateway exits 10 before
+anything starts; a listen address that is not one (``--listen http://…``) is a usage error.
 """
 
 from __future__ import annotations
@@ -22,12 +27,20 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import ssl
 import sys
+from collections.abc import AsyncIterator
 
+import anyio
+
+from castore.blobservice import BlobService
 from castore.cli._command import Parser, Subparsers
+from castore.cli._errors import ExitCode, Failure
 from castore.cli._store import open_store
-from castore.errors import InvalidAddressError
+from castore.errors import CastoreError, InvalidAddressError
+from castore.grpc._address import parse_endpoint
 from castore.grpc.server import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_READ_MESSAGE_SIZE,
@@ -54,6 +67,7 @@ def register(sub: Subparsers, common: Parser) -> None:
     p.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
+        type=_listen_address,
         metavar="URL",
         help=f"grpc+http://HOST:PORT or grpc+unix:///PATH (default: {DEFAULT_LISTEN})",
     )
@@ -98,6 +112,20 @@ def register(sub: Subparsers, common: Parser) -> None:
     p.set_defaults(handler=run)
 
 
+def _listen_address(text: str) -> str:
+    """Check ``--listen URL`` while parsing, so a wrong address is a usage error that
+    says what a listen address looks like."""
+    try:
+        _, options = parse_endpoint(text)
+    except InvalidAddressError as e:
+        raise argparse.ArgumentTypeError(f"not a listen address: {e}") from e
+    if options:
+        raise argparse.ArgumentTypeError(
+            f"a listen address takes no options, got {sorted(options)} in {text!r}"
+        )
+    return text
+
+
 def _http_address(text: str) -> str:
     """Check ``--http HOST:PORT`` while parsing, so a typo is a usage error."""
     from castore.http import parse_http_address
@@ -109,17 +137,86 @@ def _http_address(text: str) -> str:
     return text
 
 
+async def _check_arguments(args: argparse.Namespace) -> None:
+    """What the command line asks that cannot work, said before anything starts."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise Failure(ExitCode.USAGE, "--tls-cert and --tls-key go together")
+    if args.no_grpc and args.http is None:
+        raise Failure(
+            ExitCode.USAGE, "--no-grpc needs --http HOST:PORT: there would be nothing to serve"
+        )
+    for what, path in (("certificate", args.tls_cert), ("key", args.tls_key)):
+        if path is not None:
+            try:
+                await anyio.Path(path).read_bytes()
+            except OSError as e:
+                raise Failure(
+                    ExitCode.LOCAL_IO, f"cannot read the TLS {what} {path}: {e.strerror or e}"
+                ) from e
+    if args.http is not None:
+        try:
+            import uvicorn  # noqa: F401
+        except ImportError as e:
+            raise Failure(
+                ExitCode.MISSING_DEPENDENCY,
+                "the HTTP gateway (--http) needs uvicorn, which is not installed here: "
+                f"pip install uvicorn (or castore[http]) ({e})",
+            ) from e
+
+
+@contextlib.asynccontextmanager
+async def _listening(address: str) -> AsyncIterator[None]:
+    """Turn a failure to bind ``address`` into the listening exit code, naming it."""
+    try:
+        yield
+    except InvalidAddressError as e:
+        raise Failure(ExitCode.USAGE, f"cannot serve on {address}: {e}") from e
+    except CastoreError:
+        raise
+    except ssl.SSLError as e:
+        raise Failure(ExitCode.LOCAL_IO, f"cannot use the TLS certificate and key: {e}") from e
+    except OSError as e:
+        # asyncio's message repeats the address in its own words: the errno says it all.
+        why = os.strerror(e.errno) if e.errno else str(e)
+        raise Failure(ExitCode.LISTEN, f"cannot listen on {address}: {why}") from e
+
+
+async def _start(
+    args: argparse.Namespace, service: BlobService, stack: contextlib.AsyncExitStack
+) -> tuple[RunningServer | None, str | None]:
+    """Bind and start every server asked for; their URLs are printed by the caller only
+    once all of them are up."""
+    running = None
+    if not args.no_grpc:
+        async with _listening(args.listen):
+            running = await stack.enter_async_context(
+                serve(
+                    service,
+                    args.listen,
+                    tls_cert=args.tls_cert,
+                    tls_key=args.tls_key,
+                    max_message_size=args.max_message_size,
+                    read_message_size=args.read_message_size,
+                    grace=args.grace,
+                )
+            )
+    http_url = None
+    if args.http is not None:
+        from castore.http import DEFAULT_MAX_UPLOAD, serve_http
+
+        max_upload = DEFAULT_MAX_UPLOAD if args.max_upload is None else args.max_upload
+        async with _listening("http://" + args.http):
+            http_url = await stack.enter_async_context(
+                serve_http(service, args.http, max_upload=max_upload, grace=args.grace)
+            )
+    return running, http_url
+
+
 async def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; the exit code."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="castore serve: %(message)s")
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise InvalidAddressError("--tls-cert and --tls-key go together")
-    http_address = args.http
-    if args.no_grpc and http_address is None:
-        raise InvalidAddressError(
-            "--no-grpc needs --http HOST:PORT: there would be nothing to serve"
-        )
+    await _check_arguments(args)
     service = await open_store(args)
 
     loop = asyncio.get_running_loop()
@@ -146,28 +243,10 @@ async def run(args: argparse.Namespace) -> int:
     try:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(service)
-            if not args.no_grpc:
-                running = await stack.enter_async_context(
-                    serve(
-                        service,
-                        args.listen,
-                        tls_cert=args.tls_cert,
-                        tls_key=args.tls_key,
-                        max_message_size=args.max_message_size,
-                        read_message_size=args.read_message_size,
-                        grace=args.grace,
-                    )
-                )
+            running, http_url = await _start(args, service, stack)
+            if running is not None:
                 print(f"castore serve: listening on {running.url}", file=sys.stderr, flush=True)
-            if http_address is not None:
-                from castore.http import DEFAULT_MAX_UPLOAD, serve_http
-
-                max_upload = args.max_upload
-                if max_upload is None:
-                    max_upload = DEFAULT_MAX_UPLOAD
-                http_url = await stack.enter_async_context(
-                    serve_http(service, http_address, max_upload=max_upload, grace=args.grace)
-                )
+            if http_url is not None:
                 print(f"castore serve: HTTP gateway on {http_url}", file=sys.stderr, flush=True)
             await stop.wait()
     finally:

@@ -46,7 +46,7 @@ async def serve_http(
 
     Yields the URL it listens on (with the real port when ``address`` asked for port 0).
     Leaving the block stops taking connections and gives the requests in flight up to
-    ``grace`` seconds to finish. uvicorn (``pip install 'castore[http]'``) is driven
+    ``grace`` seconds to finish. uvicorn (a dependency of castore) is driven
     programmatically: it installs no signal handlers and leaves logging configuration to
     the caller, so it can run beside a gRPC server in one process (``castore serve``).
     """
@@ -54,7 +54,7 @@ async def serve_http(
         import uvicorn
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "the HTTP gateway's server needs uvicorn: pip install 'castore[http]'"
+            "the HTTP gateway's server needs uvicorn, which is not installed: pip install uvicorn"
         ) from e
 
     class _Server(uvicorn.Server):
