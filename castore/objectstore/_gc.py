@@ -47,6 +47,7 @@ from castore.objectstore._gc_state import (
     Generation,
     Lease,
     clock_of,
+    each_bounded,
     encode_json,
     holder_name,
     list_view,
@@ -138,15 +139,11 @@ async def _heads(adapter: StoreAdapter, keys: Sequence[str]) -> list[ObjectInfo 
     if adapter.in_process:
         return await anyio.to_thread.run_sync(lambda: [adapter.head(k) for k in keys])
     out: list[ObjectInfo | None] = [None] * len(keys)
-    limiter = anyio.Semaphore(_HEADS_IN_FLIGHT)
 
     async def one(i: int) -> None:
-        async with limiter:
-            out[i] = await adapter.head_async(keys[i])
+        out[i] = await adapter.head_async(keys[i])
 
-    async with anyio.create_task_group() as tg:
-        for i in range(len(keys)):
-            tg.start_soon(one, i)
+    await each_bounded(one, range(len(keys)), _HEADS_IN_FLIGHT)
     return out
 
 

@@ -26,7 +26,7 @@ import anyio.to_thread
 from castore.errors import MalformedIndexError
 from castore.objectstore._codec import decode_index
 from castore.objectstore._errors import store_error
-from castore.objectstore._gc_state import RECORD
+from castore.objectstore._gc_state import RECORD, each_bounded
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -142,15 +142,11 @@ async def _read_all(adapter: StoreAdapter, keys: Sequence[str]) -> list[Buffer |
         # Memory and local disk: one thread hop for the page, not one per index.
         return await anyio.to_thread.run_sync(lambda: [adapter.get(k) for k in keys])
     out: list[Buffer | None] = [None] * len(keys)
-    limiter = anyio.Semaphore(_READS_IN_FLIGHT)
 
     async def one(i: int) -> None:
-        async with limiter:
-            out[i] = await adapter.get_async(keys[i])
+        out[i] = await adapter.get_async(keys[i])
 
-    async with anyio.create_task_group() as tg:
-        for i in range(len(keys)):
-            tg.start_soon(one, i)
+    await each_bounded(one, range(len(keys)), _READS_IN_FLIGHT)
     return out
 
 

@@ -28,9 +28,9 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 import anyio
 
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from castore.objectstore._adapter import ObjectInfo, StoreAdapter
     from castore.objectstore._layout import Layout
 
+_T = TypeVar("_T")
+
 __all__ = [
     "MIN_GRACE",
     "SYSTEM_CLOCK",
@@ -53,12 +55,14 @@ __all__ = [
     "Generation",
     "Lease",
     "clock_of",
+    "each_bounded",
     "store_now",
 ]
 
-#: Seconds within which a writer's index put must return after the listing of ``gc/``
-#: that cleared it; past it the writer lists again after the put (see the protocol).
-WRITER_WINDOW = 2.0
+#: Seconds within which a writer sends its index put after sending the listing of
+#: ``gc/gen/`` that cleared it (else it lists again), and within which the put should
+#: return (else it lists once more afterwards). See ``docs/lifecycle.md``.
+WRITER_WINDOW = 3.0
 #: The smallest grace a generation may have: twice the writer window, plus a second for
 #: the stores' one-second timestamps and a second of slack for the marker's own upload.
 MIN_GRACE = 2 * WRITER_WINDOW + 2.0
@@ -111,6 +115,33 @@ def clock_of(adapter: StoreAdapter) -> GcClock:
     """The adapter's ``gc_clock`` if it has one (a test's fake clock), else the system's."""
     clock = getattr(adapter, "gc_clock", None)
     return clock if isinstance(clock, GcClock) else SYSTEM_CLOCK
+
+
+async def each_bounded(
+    fn: Callable[[_T], Awaitable[None]], items: Sequence[_T], limit: int
+) -> None:
+    """``fn(item)`` for every item, at most ``limit`` at once; the first failure is
+    raised as itself (not inside an exception group), and stops the others."""
+    limiter = anyio.Semaphore(limit)
+
+    async def one(item: _T) -> None:
+        async with limiter:
+            await fn(item)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for item in items:
+                tg.start_soon(one, item)
+    except BaseExceptionGroup as group:
+        raise _first(group) from None
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            return _first(e)
+        return e
+    return group
 
 
 def holder_name() -> str:

@@ -13,10 +13,12 @@ blob that a generation not yet swept when it started condemns:
 - it has not begun: rescue the chunk (read it, check it, put it again, which moves its
   LastModified past the generation's cutoff, so the sweep keeps it), then list again.
 
-and then puts its index within :data:`~castore.objectstore._gc_state.WRITER_WINDOW`
-seconds of the listing that cleared it, which lies before any generation it did not see
-can be swept. When the put returns later than that (the process was suspended, the store
-was slow), the writer lists once more and checks the generations that appeared since.
+and then sends its index put within :data:`~castore.objectstore._gc_state.WRITER_WINDOW`
+seconds of sending the listing that cleared it (else it lists again), so that the index
+lands before any generation that listing did not show can be swept. When the put returns
+later than that window (the process was suspended between its check and the send, or the
+request was slow), the writer lists once more and checks the generations that appeared
+since; if one deleted a chunk, it withdraws the index and fails.
 ``docs/lifecycle.md`` gives the argument; its cost is one listing of ``gc/gen/`` per
 blob, shared by the writers of a service that close at the same time, and nothing more
 while no generation is pending.
@@ -41,6 +43,7 @@ from castore.objectstore._gc_state import (
     GcKeys,
     GcView,
     clock_of,
+    each_bounded,
     list_view,
     read_condemned,
 )
@@ -144,15 +147,7 @@ class GcWatch:
         return [c for c in chunks if c in condemned]
 
     async def _each(self, fn: Callable[[bytes], Awaitable[None]], items: Sequence[bytes]) -> None:
-        limiter = anyio.Semaphore(_IN_FLIGHT)
-
-        async def one(c: bytes) -> None:
-            async with limiter:
-                await fn(c)
-
-        async with anyio.create_task_group() as tg:
-            for c in items:
-                tg.start_soon(one, c)
+        await each_bounded(fn, items, _IN_FLIGHT)
 
     async def _missing(self, hits: Sequence[bytes]) -> list[bytes]:
         missing: list[bytes] = []
@@ -221,7 +216,13 @@ class GcWatch:
         await self._each(rescue, hits)
 
     async def clear(self, start: GcView | None, chunks: Collection[bytes]) -> _Cleared:
-        """Clear ``chunks`` against every generation not done in ``start``."""
+        """Clear ``chunks`` against every generation not done in ``start``.
+
+        Returns once a listing shows nothing left to do and was sent at most
+        :data:`WRITER_WINDOW` seconds ago, so that the index put goes out within the
+        window; a store too slow for that, or a state that keeps changing, fails the
+        write (retryable).
+        """
         handled: set[int] = set()
         rescued: set[int] = set()
         for _ in range(_MAX_ROUNDS):
@@ -249,11 +250,13 @@ class GcWatch:
                     await self._rescue(k, hits)
                     rescued.add(k)
                     work = True
-            if not work:
+            if not work and not self.late(_Cleared(view, listed_at)):
                 return _Cleared(view, listed_at, handled)
         raise GcConflictError(
-            "the garbage collector's state kept changing while this blob was committed; "
-            "nothing was committed. Write the blob again."
+            "this blob could not be cleared against garbage collection: the store answered "
+            f"too slowly (a listing of its state must come back within {WRITER_WINDOW:g} s) "
+            "or the collector's state kept changing; nothing was committed. Write the blob "
+            "again."
         )
 
     def late(self, cleared: _Cleared) -> bool:
