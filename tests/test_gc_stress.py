@@ -456,7 +456,7 @@ def test_gc_stress() -> None:
     with _hooks(MIN_TAKEOVER_MARGIN=2.0):
         run_state_machine_as_test(gc_machine(), settings=_settings(40 * STRESS, DEFAULT.steps))
     print(f"\nGC stress: {STATS}")
-    for what in ("writes", "chunks deleted", "chunks rescued", "generations swept"):
+    for what in ("writes", "chunks deleted", "generations swept"):
         assert STATS.get(what, 0) > 0, f"no {what}: the run proves little"
 
 
