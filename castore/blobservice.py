@@ -304,6 +304,17 @@ class BytesReader(BlobReader):
         self._pos = end
         return self._data[start:end]
 
+    async def readinto(self, buf: bytearray | memoryview) -> int:
+        await anyio.lowlevel.checkpoint()
+        view = memoryview(buf).cast("B")
+        start = self._pos
+        end = min(len(self._data), start + len(view))
+        if end <= start:
+            return 0
+        view[: end - start] = memoryview(self._data)[start:end]
+        self._pos = end
+        return end - start
+
     async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         target = seek_target(offset, whence, self._pos, len(self._data))
         self._pos = target  # past the end is allowed and reads b""

@@ -511,6 +511,32 @@ async def test_readinto_decodes_whole_chunks_into_the_callers_buffer() -> None:
     assert any(obj is buf for obj in seen)
 
 
+async def test_sequential_readinto_decodes_most_chunks_into_the_callers_buffer() -> None:
+    """readinto fetches only ``prefetch`` chunks ahead, not a whole read: the chunks of its
+    next call are decoded straight into the caller's buffer, not copied into it."""
+    pieces = [bytes([i]) * 1000 for i in range(40)]
+    metas, by = _sync_store(pieces)
+    whole = b"".join(pieces)
+    direct = 0
+    source = ThreadSource(by)
+    original = source.decode_chunk_into
+    buf = bytearray(10_000)
+
+    def into(meta: ChunkMeta, stored: Buffer, out: memoryview) -> None:
+        nonlocal direct
+        direct += out.obj is buf
+        original(meta, stored, out)
+
+    source.decode_chunk_into = into  # type: ignore[method-assign]
+    async with ChunkedReader(metas, source, prefetch=1, blob_digest=B3Digest.of(whole)) as r:
+        got = bytearray()
+        while n := await r.readinto(buf):
+            got += buf[:n]
+    assert got == whole
+    # At most the one chunk fetched ahead of each of the 4 reads is copied.
+    assert direct >= 36, direct
+
+
 async def test_readinto_never_writes_after_it_returns() -> None:
     """A read cancelled (or timed out) while chunks are being decoded into its buffer:
     once it has raised, nothing writes into that buffer any more, and the reader goes on

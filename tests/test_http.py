@@ -405,6 +405,30 @@ async def test_range_reads_only_the_range() -> None:
         assert svc.open_readers == 0
 
 
+@pytest.mark.parametrize("piece_size", [64 * 1024, 100_000, 5 << 20])
+async def test_bodies_longer_than_a_read_block(piece_size: int) -> None:
+    """The body is read into one buffer in blocks of 4 MiB (or ``piece_size`` when
+    larger) and sent in pieces: bytes across blocks and pieces arrive whole and in order,
+    from a chunked store whose reader decodes chunks straight into that buffer."""
+    big = pseudo_random_bytes(9 * 1024 * 1024 + 4321, seed=73)
+    n = len(big)
+    svc = from_addr("objectstore+memory:///")
+    digest = await svc.put(big)
+    url = f"/blobs/{digest.hex()}"
+    async with (
+        serving(app(svc, piece_size=piece_size)) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        r = await client.get(url)
+        assert (r.status_code, len(r.content)) == (200, n)
+        assert r.content == big
+        for start, end in ((1, n), (4 << 20, (8 << 20) + 7), ((4 << 20) - 3, (4 << 20) + 3)):
+            r = await client.get(url, headers={"Range": f"bytes={start}-{end - 1}"})
+            assert r.status_code == 206
+            assert r.content == big[start:end], (start, end)
+    await svc.aclose()
+
+
 async def test_slow_client_backpressure_and_disconnect() -> None:
     """A client that stops reading holds the server back; one that leaves stops it.
 
@@ -514,9 +538,14 @@ async def test_store_failures_before_the_answer_are_503() -> None:
 
 
 async def test_store_failure_mid_body_cuts_the_connection() -> None:
-    """Once the status line is out, a failure must not pass for a complete body."""
+    """Once the status line is out, a failure must not pass for a complete body.
+
+    The gateway reads the first piece, then blocks of 4 MiB: the third read is a block
+    of a blob this long, well after the status line.
+    """
+    data = pseudo_random_bytes(9 * 1024 * 1024, seed=74)
     faulty = FaultyBlobService(MemoryBlobService())
-    digest = await faulty.inner.put(DATA)
+    digest = await faulty.inner.put(data)
     async with serving(app(faulty, piece_size=65536)) as base:
         for fault in (Fault.ERROR, Fault.TRUNCATE):
             faulty.clear()
@@ -534,7 +563,7 @@ async def test_store_failure_mid_body_cuts_the_connection() -> None:
             assert result.returncode == 18, result.stderr
         faulty.clear()
         async with httpx.AsyncClient(base_url=base) as client:
-            assert (await client.get(f"/blobs/{digest.hex()}")).content == DATA
+            assert (await client.get(f"/blobs/{digest.hex()}")).content == data
 
 
 async def test_corrupt_chunk_on_disk(castore_local_url: str) -> None:

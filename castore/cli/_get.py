@@ -7,7 +7,9 @@ to with ``-o -``; a pipe or ``-o FILE`` is written as asked.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import itertools
 import os
 import secrets
 import sys
@@ -18,6 +20,7 @@ from typing import BinaryIO, TextIO
 import anyio
 import anyio.to_thread
 
+from castore.blobservice import BlobReader
 from castore.cli._command import DIGEST_HELP, Parser, Subparsers
 from castore.cli._errors import ExitCode, Failure
 from castore.cli._progress import Progress
@@ -95,6 +98,51 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
+async def _copy_out(reader: BlobReader, out: BinaryIO, name: str, progress: Progress) -> None:
+    """Read the blob into one of two reused buffers while the other is written out.
+
+    ``readinto`` decodes whole chunks straight into a buffer; the write of the previous
+    buffer runs meanwhile in a worker thread, so reading and writing overlap and no fresh
+    memory is taken per piece.
+    """
+    loop = asyncio.get_running_loop()
+    buffers = (memoryview(bytearray(PIECE)), memoryview(bytearray(PIECE)))
+    writing: asyncio.Future[int] | None = None
+    size = 0  # of the write under way
+    try:
+        for k in itertools.count():
+            n = await reader.readinto(buffers[k & 1])
+            if writing is not None:
+                await _written(writing, name)
+                writing = None
+                progress.update(size)
+            if not n:
+                return
+            writing = loop.run_in_executor(None, out.write, buffers[k & 1][:n])
+            size = n
+    finally:
+        if writing is not None:
+            # The thread writes from a buffer of ours into a file that the caller closes
+            # next: let it end first (a failed read's error is the one reported).
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()
+
+
+async def _written(job: asyncio.Future[int], name: str) -> None:
+    """Wait for a write to the output; local errors become a :class:`Failure`.
+
+    Shielded: a cancel cannot stop the thread, so it leaves ``job`` to the caller.
+    """
+    try:
+        await asyncio.shield(job)
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise Failure(ExitCode.LOCAL_IO, f"cannot write {name}: {e.strerror or e}") from e
+
+
 async def run(args: argparse.Namespace) -> int:
     """Stream one blob to stdout or to ``-o FILE``."""
     digest = parse_digest(args.digest)
@@ -119,16 +167,7 @@ async def run(args: argparse.Namespace) -> int:
             out, finish = await _open_output(args.output)
             ok = False
             try:
-                while block := await reader.read(PIECE):
-                    try:
-                        await anyio.to_thread.run_sync(out.write, block)
-                    except BrokenPipeError:
-                        raise
-                    except OSError as e:
-                        raise Failure(
-                            ExitCode.LOCAL_IO, f"cannot write {args.output}: {e.strerror or e}"
-                        ) from e
-                    progress.update(len(block))
+                await _copy_out(reader, out, args.output, progress)
                 ok = True
             finally:
                 progress.finish()

@@ -21,8 +21,9 @@ Why it is shaped this way:
   (strong), ``If-None-Match`` needs only ``has()``, and responses are marked
   ``Cache-Control: immutable``.
 - A ``Range`` is served by ``seek`` on the :class:`~castore.BlobReader`, so a range of a
-  large chunked blob fetches only the chunks it covers. The body goes out in pieces of
-  ``piece_size`` bytes, each sent only when the server has taken the previous one
+  large chunked blob fetches only the chunks it covers. The body is read 4 MiB at a time
+  into one reused buffer and goes out in pieces of ``piece_size`` bytes, each sent only
+  when the server has taken the previous one
   (ASGI's ``send`` waits while the socket is full), so a slow client holds back reads from
   the store instead of filling memory. Multi-range requests get the whole blob (``200``),
   which RFC 9110 allows.

@@ -158,6 +158,7 @@ class ChunkedReader(BlobReader):
         if plan is None:
             return b""
         pos, n, first, last = plan
+        self._window.move(first, self._ahead(last, pos + n, n))
         parts = await self._parts(pos, n, first, last)
         if len(parts) == 1:
             data = parts[0]
@@ -185,7 +186,9 @@ class ChunkedReader(BlobReader):
             return 0
         pos, n, first, last = plan
         window = self._window
+        # Where chunks go is known before the window moves and wakes the pullers.
         target = window.post(self._views(out, pos, n, first, last)) if window.threaded else None
+        window.move(first, self._ahead(last, pos + n, 0))
         try:
             parts = await self._parts(pos, n, first, last)
             direct = target.direct if target is not None else set()
@@ -238,7 +241,8 @@ class ChunkedReader(BlobReader):
 
     def _plan(self, n: int) -> tuple[int, int, int, int] | None:
         """A read of ``n`` bytes (all remaining when negative) from the cursor: its
-        position, length, first and last chunk; ``None`` at the end. Moves the window."""
+        position, length, first and last chunk; ``None`` at the end. The caller moves
+        the window (see :meth:`_ahead`)."""
         if self._closed:
             raise ValueError("read() on a closed reader")
         if self._corrupt is not None:
@@ -251,7 +255,6 @@ class ChunkedReader(BlobReader):
             return None
         first = self._index(pos)
         last = self._index(pos + n - 1)
-        self._window.move(first, self._ahead(last, pos + n, n))
         return pos, n, first, last
 
     async def _parts(self, pos: int, n: int, first: int, last: int) -> list[bytes | memoryview]:
@@ -301,7 +304,16 @@ class ChunkedReader(BlobReader):
             raise self._corrupt
 
     def _ahead(self, last: int, end: int, n: int) -> int:
-        """The window's end for a read of ``n`` bytes covering chunks up to ``last``."""
+        """The window's end for a read covering chunks up to ``last``, that fetches ``n``
+        more bytes ahead (besides ``prefetch`` chunks).
+
+        :meth:`read` fetches as many bytes ahead as it asks for, into the window's
+        buffers, while its caller uses what it returned: they are copied once anyway.
+        :meth:`readinto` fetches only ``prefetch`` chunks ahead, so that the chunks of its
+        next call are still to fetch when it comes, and are decoded straight into the
+        caller's buffer (a caller that wants to overlap its work with the reads reads
+        into two buffers in turn, as ``castore get`` does).
+        """
         hi = last + 1
         if self._prefetch:
             window = self._window
