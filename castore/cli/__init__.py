@@ -5,8 +5,8 @@ line each (``--quiet``: the digest alone; ``--json``: an object); ``castore get 
 [-o FILE]`` streams a blob to a pipe or a file; ``castore stat DIGEST…`` prints sizes and
 chunk counts (``--chunks`` the table); ``castore has DIGEST…`` answers with its exit
 code; ``castore ls`` lists the stored blobs and ``castore rm DIGEST…`` deletes them;
-``castore check`` verifies an object store and repairs it; ``castore serve`` serves a
-store over gRPC and HTTP. The store is
+``castore check`` verifies an object store and repairs it; ``castore gc`` reclaims chunks
+no blob names any more; ``castore serve`` serves a store over gRPC and HTTP. The store is
 ``--store URL``, else ``$CASTORE_STORE``, else an embedded local store under the user's
 data folder (see :mod:`castore.cli._store`).
 
@@ -32,6 +32,7 @@ code  meaning
 8     the store refused access (permissions, a read-only file system, credentials)
 9     ``serve`` cannot listen on an address (in use, or not its to take)
 10    an optional dependency the command needs is not installed
+11    another garbage collector holds the lease (``gc``)
 130   interrupted (Ctrl-C)
 141   the output pipe was closed early (``castore get … | head``)
 ====  ==========================================================================
@@ -47,7 +48,7 @@ import sys
 from collections.abc import Sequence
 
 from castore import __version__
-from castore.cli import _check, _get, _has, _ls, _put, _rm, _serve, _stat
+from castore.cli import _check, _gc, _get, _has, _ls, _put, _rm, _serve, _stat
 from castore.cli._command import Handler, Parser, Register
 from castore.cli._errors import ExitCode, classify, error, unwrap
 from castore.cli._progress import PROGRESS_MIN
@@ -84,6 +85,7 @@ COMMANDS: tuple[Register, ...] = (
     _ls.register,
     _rm.register,
     _check.register,
+    _gc.register,
     _serve.register,
 )
 
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"The store is --store, else ${STORE_ENV}, else {default_store_url()}. "
         "Exit codes: 0 ok, 1 not found, 2 usage, 3 bad digest, 4 bad store URL, "
         "5 store failed, 6 corrupt data, 7 local file error, 8 permission denied by the "
-        "store, 9 cannot listen (serve), 10 missing dependency, 130 interrupted (Ctrl-C), "
+        "store, 9 cannot listen (serve), 10 missing dependency, 11 another garbage "
+        "collector is running, 130 interrupted (Ctrl-C), "
         "141 output pipe closed early.",
     )
     parser.add_argument("--version", action="version", version=f"castore {__version__}")

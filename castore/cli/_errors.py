@@ -39,6 +39,8 @@ class ExitCode:
     PERMISSION = 8
     LISTEN = 9
     MISSING_DEPENDENCY = 10
+    #: ``castore gc``: another collector holds the lease; nothing was done.
+    BUSY = 11
     INTERRUPTED = 130
     BROKEN_PIPE = 141
 

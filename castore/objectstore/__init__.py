@@ -19,6 +19,7 @@ from castore.objectstore._adapter import ObjectInfo, ObstoreAdapter, StoreAdapte
 from castore.objectstore._check import Check, CheckProgress
 from castore.objectstore._check_types import CheckProblem, CheckSummary, ProblemKind, Subset
 from castore.objectstore._chunker import DEFAULT_AVG_CHUNK_SIZE, StreamingChunker
+from castore.objectstore._gc import GcReport
 from castore.objectstore._service import ObjectStoreBlobService
 from castore.objectstore._url import SCHEMES, service_from_url
 from castore.objectstore._writer import PipelineConfig
@@ -30,6 +31,7 @@ __all__ = [
     "CheckProblem",
     "CheckProgress",
     "CheckSummary",
+    "GcReport",
     "ObjectInfo",
     "ObjectStoreBlobService",
     "ObstoreAdapter",
