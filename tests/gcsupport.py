@@ -77,3 +77,93 @@ async def run_until(
         clock.advance(step)
         await asyncio.sleep(0.001)
     raise AssertionError("the condition never came true")
+
+
+def with_chunk_size(url: str, avg: int = AVG) -> str:
+    """``url`` with a tiny average chunk size, so that blobs share chunks."""
+    return f"{url}{'&' if '?' in url else '?'}avg_chunk_size={avg}"
+
+
+def writer_main(url: str, seed: int, seconds: float, out: str) -> None:
+    """A writer process: for ``seconds``, put blobs made of a small pool of pieces (so that
+    they reuse each other's chunks, and chunks that garbage collection condemned), and
+    delete some of them again. Writes one JSON line per finished operation to ``out``
+    at the end:
+    ``{"op": "put", "hex": …, "seed": n, "ok": bool, "error": …}`` or
+    ``{"op": "delete", "hex": …}``. Blob ``n``'s bytes are :func:`blob_bytes` (n)."""
+    import json
+    import time
+
+    from castore.errors import GcConflictError
+    from castore.registry import from_addr
+
+    async def go() -> list[str]:
+        rng = random.Random(seed)
+        svc = from_addr(url)
+        deadline = time.monotonic() + seconds
+        ours: list[str] = []
+        lines: list[str] = []
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            if ours and rng.random() < 0.3:
+                h = ours.pop(rng.randrange(len(ours)))
+                await svc.delete(B3Digest.from_hex(h))
+                lines.append(json.dumps({"op": "delete", "hex": h}))
+                continue
+            blob_seed = seed * 1_000_000 + n
+            data = blob_bytes(blob_seed)
+            record: dict[str, object] = {"op": "put", "seed": blob_seed}
+            try:
+                digest = await svc.put(data)
+                record |= {"hex": digest.hex(), "ok": True}
+                ours.append(digest.hex())
+            except GcConflictError as e:
+                record |= {"hex": B3Digest.of(data).hex(), "ok": False, "error": str(e)}
+            lines.append(json.dumps(record))
+            await asyncio.sleep(rng.random() * 0.05)
+        await svc.aclose()
+        return lines
+
+    lines = asyncio.run(go())
+    with open(out, "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+#: The pieces every writer process builds its blobs of.
+POOL = pieces(6, seed=7, size=2500)
+
+
+def blob_bytes(blob_seed: int) -> bytes:
+    """Blob ``blob_seed`` of the writer processes: one to three pieces of :data:`POOL`."""
+    rng = random.Random(blob_seed)
+    return b"".join(rng.choice(POOL) for _ in range(rng.randint(1, 3)))
+
+
+def collector_main(url: str, lease: float, batch: int, margin: float) -> None:
+    """A collector process that stops after its first delete batch of a sweep: it prints
+    ``SWEEPING`` and sleeps, so that a test can kill it there. ``batch`` chunks are
+    deleted per batch and a successor may take over ``margin`` seconds after the lease."""
+    import sys
+    import time
+
+    from castore import ObjectStoreBlobService
+    from castore.objectstore import _gc
+    from castore.registry import from_addr
+
+    _gc._BATCH = batch
+    _gc.MIN_TAKEOVER_MARGIN = margin
+
+    def progress(phase: str, done: int, total: int | None) -> None:
+        if phase.startswith("sweeping"):
+            print(f"SWEEPING {done}/{total}", flush=True)
+            time.sleep(600)  # blocks the loop on purpose: the test kills this process
+
+    async def go() -> None:
+        svc = from_addr(url)
+        assert isinstance(svc, ObjectStoreBlobService)
+        await svc.collect_garbage(grace=_gc.MIN_GRACE, min_age=0, lease=lease, progress=progress)
+        print("FINISHED", flush=True)
+
+    asyncio.run(go())
+    sys.exit(0)
