@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -50,3 +51,46 @@ def test_ci_extracts_the_test_command() -> None:
         ["awk", awk.group(1), "README.md"], cwd=ROOT, capture_output=True, timeout=30
     )
     assert result.stdout.decode() == "python3 -m pip install nox && python3 -m nox -s tests\n"
+
+
+def test_the_library_example_runs(tmp_path: Path) -> None:
+    """The README's Python example, with its folder moved under tmp_path."""
+    match = re.search(r"## Use the library.*?```python\n(.*?)\n```", README, re.S)
+    assert match is not None
+    code = match.group(1)
+    assert "B3Digest.parse(" in code and "store.put(" in code and "store.get(" in code
+    assert "/tmp/castore-demo" in code
+    code = code.replace("/tmp/castore-demo", str(tmp_path / "demo"))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == [
+        "blake3-XKeBWty0hOmhNsEe/mnB1TAXbVSbXRjQOOtSgLSzRww=",
+        "b'Hello World!'",
+        "b'World'",
+    ]
+
+
+def test_every_error_is_importable_from_castore() -> None:
+    import castore
+    import castore.errors
+
+    errors = [
+        name
+        for name in castore.errors.__all__
+        if isinstance(getattr(castore.errors, name), type)
+        and issubclass(getattr(castore.errors, name), BaseException)
+    ]
+    assert "InvalidSeekError" in errors and "StorePermissionError" in errors
+    for name in errors:
+        assert name in castore.__all__, name
+        assert getattr(castore, name) is getattr(castore.errors, name)
+
+
+def test_docs_name_what_users_call() -> None:
+    concepts = (ROOT / "docs" / "concepts.md").read_text(encoding="utf-8")
+    for method in ("svc.put(data)", "svc.get(digest)", "svc.has(digest)"):
+        assert f"| `await {method}` |" in concepts, method
+    # What users see of chunk sizes: the measured average, not only the target.
+    assert "about 330 KiB" in README and "chunks of about 256 KiB" not in README
