@@ -228,9 +228,19 @@ class SeaweedFSCluster(S3Access):
         for process in self.processes:
             process.kill()
 
-    def kill_volume(self, index: int) -> None:
-        """SIGKILL volume server ``index``, as a crash would."""
+    def kill_volume(self, index: int, timeout: float = 30.0) -> None:
+        """SIGKILL volume server ``index``, as a crash would; returns once the master has
+        dropped it from its topology (it notices the broken heartbeat stream, which takes
+        longer on a loaded machine)."""
         self.volumes[index].kill()
+        deadline = time.monotonic() + timeout
+        while self.volume_address(index) in self.topology():
+            if time.monotonic() > deadline:
+                raise SeaweedFSError(
+                    f"the master still lists {self.volume_address(index)} {timeout} s after "
+                    "it was killed"
+                )
+            time.sleep(0.1)
 
     def stop_volume(self, index: int, timeout: float = 15.0) -> None:
         """Stop volume server ``index`` cleanly (SIGTERM, SIGKILL after ``timeout``)."""
