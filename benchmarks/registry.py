@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from benchmarks import builtin
 from benchmarks.check import CheckBench
+from benchmarks.gateway import GatewayBench
 from benchmarks.section import Section
 
 __all__ = ["SECTIONS"]
@@ -22,4 +23,5 @@ SECTIONS: tuple[type[Section], ...] = (
     builtin.Dedup,
     builtin.Peers,
     CheckBench,
+    GatewayBench,
 )

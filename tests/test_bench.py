@@ -309,3 +309,17 @@ def test_allocator_measurement_runs(capsys: pytest.CaptureFixture[str]) -> None:
     )
     for line in lines:
         assert pattern.match(line), line
+
+
+def test_http_gateway_section(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The gateway section serves a blob with ``castore serve --http`` in a child process
+    and reports its GET speed beside an in-process read of the same blob."""
+    code = bench.main(
+        ["--quick", "--only", "http", "--size", "2M", "--out", "-", "--tmp", str(tmp_path)]
+    )
+    assert code == 0
+    tables = _check_well_formed(capsys.readouterr().out)
+    rows = tables["HTTP gateway: GET against a read (random data, local disk)"]
+    assert rows[0][:4] == ["blob", "read MiB/s", "GET MiB/s", "GET / read"]
+    assert rows[1][0] == "2 MiB"
+    assert float(rows[1][3].rstrip("x")) > 0
