@@ -11,10 +11,14 @@
         can cut the next segment while the other hashes this one); the segment's pieces
         are never copied into one buffer: a chunk inside a piece is a view of it, and
         only a chunk that straddles two pieces is copied (StreamingChunker.cut)
-        then in parallel with the other worker: BLAKE3 of each chunk, and for each new
-        chunk a zstd frame and, for in-process stores, the conditional put (on local
-        disk handed to the service's small put pool, a few puts per job at a time: a put
-        there waits on the file system, and the worker goes on compressing meanwhile)
+        then in parallel with the other worker: BLAKE3 of each chunk, and each new chunk
+        goes to the blob's put strategy (castore.objectstore._puts), one per store:
+          LoopPuts (remote stores)  compress; the loop uploads it later
+          WorkerPuts (memory)       skip it if stored, else compress and put it here
+          PoolPuts (local disk)     skip it if stored, else compress and hand the put
+                                    to the service's put pool, a few per job at a time
+                                    (a put there waits on the file system, and the
+                                    worker goes on compressing meanwhile)
     back on the loop: for remote stores, concurrent conditional puts (bounded in count
         and bytes); after the last chunk is stored, the blob index
 
@@ -45,8 +49,8 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import anyio
 import blake3
@@ -56,20 +60,24 @@ from castore._threads import THRESHOLDS, run_sized
 from castore.blobservice import BlobWriter
 from castore.errors import CastoreError, WriteAbortedError
 from castore.objectstore._chunker import StreamingChunker
-from castore.objectstore._codec import compressor, encode_index
+from castore.objectstore._codec import encode_index
 from castore.objectstore._gc_writer import GcWatch, commit_index
+from castore.objectstore._puts import (
+    PUT_THREADS_PER_CPU,
+    Abandoned,
+    Piece,
+    Uploads,
+    put_strategy,
+    retrieve,
+)
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-    from typing_extensions import Buffer
 
     from castore.objectstore._adapter import StoreAdapter
     from castore.objectstore._layout import Layout
 
-__all__ = ["ObjectStoreBlobWriter", "PipelineConfig"]
-
-#: What travels through the stream: immutable bytes, or a view of immutable bytes.
-Piece = bytes | memoryview
+__all__ = ["PUT_THREADS_PER_CPU", "ObjectStoreBlobWriter", "PipelineConfig"]
 
 
 class PipelineConfig:
@@ -112,12 +120,6 @@ class PipelineConfig:
         self.upload_bytes = upload_bytes
 
 
-#: Threads of a service's put pool per usable CPU (StoreAdapter.overlap_puts: local disk).
-PUT_THREADS_PER_CPU = 2
-# Puts one segment job may have queued or running before it waits for the oldest.
-_PUTS_PER_JOB = 8
-
-
 class _Blob:
     """State shared by one writer's consumer task and its segment jobs."""
 
@@ -133,7 +135,7 @@ class _Blob:
         "new_bytes",
         "new_chunks",
         "put_pool",
-        "sync_put",
+        "puts",
     )
 
     def __init__(
@@ -141,7 +143,6 @@ class _Blob:
         adapter: StoreAdapter,
         layout: Layout,
         avg_chunk_size: int,
-        sync_put: bool,
         put_pool: ThreadPoolExecutor | None,
         gc: GcWatch | None = None,
     ) -> None:
@@ -149,9 +150,10 @@ class _Blob:
         self.layout = layout
         # The garbage collector's state as this service sees it (see _gc_writer).
         self.gc = gc
-        self.sync_put = sync_put
-        # Where the workers hand their puts, if not storing chunks themselves.
-        self.put_pool = put_pool if sync_put else None
+        # How each segment job stores its new chunks.
+        self.puts = put_strategy(adapter, put_pool)
+        # Where PoolPuts hands its puts.
+        self.put_pool = put_pool
         self.chunker = StreamingChunker(avg_chunk_size)
         self.hasher = blake3.blake3(max_threads=1)
         self.digest: bytes | None = None
@@ -216,22 +218,18 @@ class _Done:
         self.raw = raw
 
 
-class _Abandoned(Exception):
-    """Raised inside a job whose blob was aborted; never reaches a caller."""
-
-
 def _wait_turn(blob: _Blob, gate: threading.Event) -> None:
     # The previous segment's job was queued earlier, so it is running or done; a job
     # that was never run can only belong to an aborted blob.
     while not gate.wait(0.1):
         if blob.aborted:
-            raise _Abandoned
+            raise Abandoned
     if blob.aborted:
-        raise _Abandoned
+        raise Abandoned
 
 
-def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
-    """A worker job: cut and hash in order, then hash, compress and store the chunks."""
+def _cut_and_hash(blob: _Blob, seg: _Segment) -> list[memoryview]:
+    """The in-order steps of a job: FastCDC cut, then the whole-blob BLAKE3."""
     try:
         _wait_turn(blob, seg.prev_cut)
         pieces = seg.pieces
@@ -244,6 +242,7 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
         if seg.eof:
             blob.digest = blob.hasher.digest()
         del pieces
+        return chunks
     except BaseException:
         # The chunker's or the hasher's state is unknown now: no later segment may go on.
         blob.aborted = True
@@ -253,25 +252,19 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
         seg.hashed.set()
         seg.pieces = []
 
+
+def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
+    """A worker job: cut and hash in order, then hash each chunk and store the new ones
+    through the blob's put strategy."""
+    chunks = _cut_and_hash(blob, seg)
     if not chunks:
         return _Done([], [], [], [], [])
     digests: list[bytes] = []
     sizes: list[int] = []
-    keys: list[str] = []
-    frames: list[bytes] = []
-    raw: list[int] = []
     # Repeats within the segment (runs of zeros, say) are compressed and stored once.
     seen: set[bytes] = set()
     chunk_key = blob.layout.chunk
-    # One zstd call per chunk: measured cheaper than multi_compress_to_buffer, whose
-    # one large output buffer per call costs more in page faults than it saves.
-    compress = compressor().compress
-    adapter = blob.adapter if blob.sync_put else None
-    # Each queued put with the uncompressed size of its chunk.
-    puts: deque[tuple[Future[bool], int]] | None = None
-    if blob.put_pool is not None:
-        puts = deque()
-        submit = blob.put_pool.submit
+    puts = blob.puts(blob)
     try:
         # Taken from the end of the reversed list, so that each input piece is let go as
         # soon as the last chunk viewing it is stored, not when the whole segment is.
@@ -284,96 +277,12 @@ def _run_segment(blob: _Blob, seg: _Segment) -> _Done:
             if d in seen:
                 continue
             seen.add(d)
-            key = chunk_key(d)
-            if adapter is None:
-                keys.append(key)
-                frames.append(compress(piece))
-                raw.append(len(piece))
-                continue
-            if blob.aborted:
-                raise _Abandoned
-            # In-process stores answer existence in microseconds: skip compressing a
-            # chunk that is already stored (re-ingesting known data costs no zstd).
-            if adapter.exists(key):
-                continue
-            frame = compress(piece)
-            if puts is None:
-                if adapter.put_new(key, frame):
-                    blob.count_new(len(piece))
-                continue
-            puts.append((submit(adapter.put_new, key, frame), len(piece)))
-            while len(puts) > _PUTS_PER_JOB:
-                _count_put(blob, *puts.popleft())
-        while puts:
-            _count_put(blob, *puts.popleft())
-    finally:
-        if puts:
-            # Failing: let the puts already started finish (nothing may touch the store
-            # once the writer is closed); the first error is the one reported.
-            for fut, _ in puts:
-                fut.cancel()
-            for fut, _ in puts:
-                with contextlib.suppress(BaseException):
-                    fut.result()
-    return _Done(digests, sizes, keys, frames, raw)
-
-
-def _count_put(blob: _Blob, put: Future[bool], size: int) -> None:
-    """Wait for a put handed to the put pool; count its chunk if it stored it."""
-    if put.result():
-        blob.count_new(size)
-
-
-class _Uploads:
-    """Concurrent conditional puts from the loop, bounded in count and bytes."""
-
-    def __init__(self, blob: _Blob, max_count: int, max_bytes: int) -> None:
-        self._blob = blob
-        self._adapter = blob.adapter
-        self._max_count = max_count
-        self._max_bytes = max_bytes
-        self._pending: dict[asyncio.Task[bool], int] = {}
-        # The uncompressed size of each pending put's chunk.
-        self._raw: dict[asyncio.Task[bool], int] = {}
-        self._bytes = 0
-
-    async def add(self, key: str, frame: Buffer, raw: int) -> None:
-        size = len(memoryview(frame))
-        while self._pending and (
-            len(self._pending) >= self._max_count or self._bytes + size > self._max_bytes
-        ):
-            await self._wait_one()
-        task = asyncio.ensure_future(self._adapter.put_new_async(key, frame))
-        self._pending[task] = size
-        self._raw[task] = raw
-        self._bytes += size
-
-    async def _wait_one(self) -> None:
-        done, _ = await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            self._bytes -= self._pending.pop(t)
-        for t in done:
-            raw = self._raw.pop(t)
-            if t.result():
-                self._blob.count_new(raw)
-
-    async def drain(self) -> None:
-        while self._pending:
-            await self._wait_one()
-
-    def abandon(self) -> None:
-        for t in self._pending:
-            t.cancel()
-            t.add_done_callback(_retrieve)
-        self._pending.clear()
-        self._raw.clear()
-        self._bytes = 0
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    """Mark a background future's outcome as seen (it is reported elsewhere)."""
-    if not fut.cancelled():
-        fut.exception()
+            puts.add(chunk_key(d), piece)
+        puts.drain()
+    except BaseException:
+        puts.abandon()
+        raise
+    return _Done(digests, sizes, puts.keys, puts.frames, puts.raw)
 
 
 async def _put_index(adapter: StoreAdapter, key: str, index: bytes) -> None:
@@ -391,7 +300,7 @@ async def _put_index(adapter: StoreAdapter, key: str, index: bytes) -> None:
         except asyncio.CancelledError as e:
             cancel = e
     if cancel is not None:
-        _retrieve(put)
+        retrieve(put)
         raise cancel
     put.result()
 
@@ -404,7 +313,7 @@ async def _consume(
 ) -> B3Digest:
     """The consumer task: stream -> segments -> worker jobs -> uploads -> index."""
     inflight: deque[asyncio.Future[_Done]] = deque()
-    uploads = None if blob.sync_put else _Uploads(blob, cfg.uploads, cfg.upload_bytes)
+    uploads = Uploads(blob, cfg.uploads, cfg.upload_bytes) if blob.puts.uploads_from_loop else None
     digests: list[bytes] = []
     sizes: list[int] = []
     last = _Segment([], False, threading.Event(), threading.Event())
@@ -463,17 +372,25 @@ async def _consume(
         await commit_index(blob.gc, gc_start, digests, key, put_index)
         return B3Digest(digest)
     except BaseException:
-        blob.aborted = True
-        if uploads is not None:
-            uploads.abandon()
-        if inflight:
-            # Let running jobs notice the mark and stop, so that nothing touches the
-            # store once the writer is closed; their errors are reported by this one.
-            for f in inflight:
-                f.add_done_callback(_retrieve)
-            with contextlib.suppress(BaseException):
-                await asyncio.wait(inflight)
+        await _stop(blob, uploads, inflight)
         raise
+
+
+async def _stop(
+    blob: _Blob, uploads: Uploads | None, inflight: deque[asyncio.Future[_Done]]
+) -> None:
+    """The consumer is failing: mark the blob aborted, drop the uploads, and wait for
+    the jobs in flight."""
+    blob.aborted = True
+    if uploads is not None:
+        uploads.abandon()
+    if inflight:
+        # Let running jobs notice the mark and stop, so that nothing touches the
+        # store once the writer is closed; their errors are reported by this one.
+        for f in inflight:
+            f.add_done_callback(retrieve)
+        with contextlib.suppress(BaseException):
+            await asyncio.wait(inflight)
 
 
 class ObjectStoreBlobWriter(BlobWriter):
@@ -495,7 +412,9 @@ class ObjectStoreBlobWriter(BlobWriter):
         gc: GcWatch | None = None,
     ) -> None:
         self._cfg = cfg
-        self._blob = _Blob(adapter, layout, avg_chunk_size, adapter.in_process, put_pool, gc)
+        self._blob = _Blob(
+            adapter, layout, avg_chunk_size, put_pool if adapter.in_process else None, gc
+        )
         send, receive = anyio.create_memory_object_stream[Piece](cfg.stream_items)
         self._send: MemoryObjectSendStream[Piece] = send
         self._small = bytearray()
@@ -503,7 +422,7 @@ class ObjectStoreBlobWriter(BlobWriter):
         self._task: asyncio.Task[B3Digest] = self._loop.create_task(
             _consume(self._blob, receive, pool, cfg), name="castore-objectstore-writer"
         )
-        self._task.add_done_callback(_retrieve)
+        self._task.add_done_callback(retrieve)
 
     @property
     def new_bytes(self) -> int | None:
