@@ -4,6 +4,7 @@ exit codes that say which (each checked before anything claims to be listening).
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import socket
@@ -57,6 +58,10 @@ def test_the_http_gateway_comes_with_a_plain_install() -> None:
     assert "uvicorn" in core
     # castore[http] still installs, for the install lines already written.
     assert any(d.startswith("uvicorn") for d in project["optional-dependencies"]["http"])
+    # The installed distribution says the same: uvicorn is required without any extra.
+    requires = importlib.metadata.requires("castore") or []
+    plain = [r for r in requires if r.startswith("uvicorn") and "extra ==" not in r]
+    assert plain, requires
 
 
 def test_a_missing_gateway_dependency_has_its_own_code_before_listening() -> None:
