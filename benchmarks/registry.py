@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from benchmarks import builtin
 from benchmarks.check import CheckBench
+from benchmarks.collect import GcBench
 from benchmarks.gateway import GatewayBench
 from benchmarks.section import Section
 
@@ -24,4 +25,5 @@ SECTIONS: tuple[type[Section], ...] = (
     builtin.Peers,
     CheckBench,
     GatewayBench,
+    GcBench,
 )

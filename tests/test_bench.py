@@ -323,3 +323,21 @@ def test_http_gateway_section(tmp_path: pathlib.Path, capsys: pytest.CaptureFixt
     assert rows[0][:4] == ["blob", "read MiB/s", "GET MiB/s", "GET / read"]
     assert rows[1][0] == "2 MiB"
     assert float(rows[1][3].rstrip("x")) > 0
+
+
+def test_gc_section_marks_condemns_and_sweeps(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench.main(["--quick", "--only", "gc", "--size", "1M", "--tmp", str(tmp_path)]) == 0
+    tables = _check_well_formed(capsys.readouterr().out)
+    rows = next(rows for t, rows in tables.items() if t.endswith("Garbage collection"))
+    head = rows[0]
+    by_store = {r[0]: dict(zip(head, r, strict=True)) for r in rows[1:]}
+    assert set(by_store) == {"memory", "local"}
+    for row in by_store.values():
+        chunks = int(row["chunk objects"].replace(",", ""))
+        assert int(row["deleted"].replace(",", "")) == chunks // 10
+        assert float(row["mark + condemn s"]) > 0 and float(row["peak RSS marking MiB"]) > 0
+    verdicts = {r[0]: r[2] for r in tables["Targets"][1:]}
+    assert verdicts["peak RSS of marking 1 M chunks, above the store, < 512 MiB"] == "NOT RUN"
+    assert [p for p in tmp_path.iterdir()] == []
