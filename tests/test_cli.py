@@ -203,6 +203,26 @@ def test_unreadable_input_and_unwritable_output_exit_7(tmp_path: Path, env: dict
     assert "cannot write" in err
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_get_to_a_full_device_exits_7(tmp_path: Path, env: dict[str, str]) -> None:
+    """A write that fails while the next piece is being read is reported as a local error,
+    once, without a traceback (get writes one buffer while it reads into the other)."""
+    (tmp_path / "s").mkdir()
+    store = "objectstore+file://" + str(tmp_path / "s")
+    data = _data(9 * 1024 * 1024, seed=7)
+    digest = castore("--store", store, "put", "-", env=env, stdin=data).stdout.split()[0]
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "castore", "--store", store, "get", digest.decode()],
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    err = _check_clean_error(result, ExitCode.LOCAL_IO)
+    assert "cannot write" in err and "No space left" in err
+
+
 def test_corrupt_data_exits_6_and_leaves_no_output_file(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
