@@ -9,7 +9,8 @@ The convenience calls ``put`` and ``get`` are *not* forwarded to the inner servi
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
 
 from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter
@@ -125,3 +126,27 @@ class WrapperBlobWriter(BlobWriter):
 
     async def _abort(self) -> None:
         await self._inner.abort()
+
+
+class OnError:
+    """A ``with`` block that reports the exception leaving it to ``callback``, then lets
+    it propagate. Cancellation and other ``BaseException``s are not reported: they are
+    not failures of the service. Wrappers that count or log failures use it around each
+    call they forward."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[Exception], object]) -> None:
+        self._callback = callback
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, Exception):
+            self._callback(exc)

@@ -28,7 +28,12 @@ from typing import Any
 from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore.blobservice import BlobReader, BlobService, BlobWriter
 from castore.registry import level, register_type, text
-from castore.wrappers.base import WrapperBlobReader, WrapperBlobService, WrapperBlobWriter
+from castore.wrappers.base import (
+    OnError,
+    WrapperBlobReader,
+    WrapperBlobService,
+    WrapperBlobWriter,
+)
 
 __all__ = ["LoggingBlobService"]
 
@@ -123,25 +128,25 @@ class LoggingBlobService(WrapperBlobService):
             extra=extra,
         )
 
+    def _failing(
+        self, op: str, digest: B3Digest | None, started: float, *, size: int | None = None
+    ) -> OnError:
+        """A context that logs the error ending a call of ``op``."""
+        return OnError(lambda e: self._log(op, digest, started, size=size, error=e))
+
     async def has(self, digest: DigestLike) -> bool:
         digest = B3Digest.coerce(digest)
         started = time.perf_counter()
-        try:
+        with self._failing("has", digest, started):
             found = await self._inner.has(digest)
-        except Exception as e:
-            self._log("has", digest, started, error=e)
-            raise
         self._log("has", digest, started, found=found)
         return found
 
     async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
         digest = B3Digest.coerce(digest)
         started = time.perf_counter()
-        try:
+        with self._failing("chunks", digest, started):
             result = await self._inner.chunks(digest)
-        except Exception as e:
-            self._log("chunks", digest, started, error=e)
-            raise
         size = None if not result else sum(c.size for c in result)
         self._log("chunks", digest, started, size=size, found=result is not None)
         return result
@@ -149,22 +154,16 @@ class LoggingBlobService(WrapperBlobService):
     async def open_read(self, digest: DigestLike) -> BlobReader | None:
         digest = B3Digest.coerce(digest)
         started = time.perf_counter()
-        try:
+        with self._failing("open_read", digest, started):
             reader = await self._inner.open_read(digest)
-        except Exception as e:
-            self._log("open_read", digest, started, error=e)
-            raise
         self._log("open_read", digest, started, found=reader is not None)
         return None if reader is None else _LoggingReader(self, digest, reader, started)
 
     async def delete(self, digest: DigestLike) -> bool:
         digest = B3Digest.coerce(digest)
         started = time.perf_counter()
-        try:
+        with self._failing("delete", digest, started):
             found = await self._inner.delete(digest)
-        except Exception as e:
-            self._log("delete", digest, started, error=e)
-            raise
         self._log("delete", digest, started, found=found)
         return found
 
@@ -184,20 +183,14 @@ class _LoggingReader(WrapperBlobReader):
         self._logged = False
 
     async def read(self, n: int = -1) -> bytes:
-        try:
+        with self._owner._failing("read", self._digest, self._started, size=self._bytes):
             data = await self._inner.read(n)
-        except Exception as e:
-            self._owner._log("read", self._digest, self._started, size=self._bytes, error=e)
-            raise
         self._bytes += len(data)
         return data
 
     async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        try:
+        with self._owner._failing("read", self._digest, self._started, size=self._bytes):
             return await self._inner.seek(offset, whence)
-        except Exception as e:
-            self._owner._log("read", self._digest, self._started, size=self._bytes, error=e)
-            raise
 
     async def aclose(self) -> None:
         if not self._logged:
@@ -227,21 +220,18 @@ class _LoggingWriter(WrapperBlobWriter):
                 "write", digest, self._started, size=self._bytes, error=error, aborted=aborted
             )
 
+    def _failed(self, error: Exception) -> None:
+        self._outcome(error=error)
+
     async def write(self, data: bytes | bytearray | memoryview) -> int:
-        try:
+        with OnError(self._failed):
             n = await self._inner.write(data)
-        except Exception as e:
-            self._outcome(error=e)
-            raise
         self._bytes += n
         return n
 
     async def close(self) -> B3Digest:
-        try:
+        with OnError(self._failed):
             digest = await self._inner.close()
-        except Exception as e:
-            self._outcome(error=e)
-            raise
         self._outcome(digest)
         return digest
 

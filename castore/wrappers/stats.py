@@ -11,7 +11,12 @@ from types import MappingProxyType
 from castore._digest import B3Digest, ChunkMeta, DigestLike
 from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter
 from castore.registry import register_type
-from castore.wrappers.base import WrapperBlobReader, WrapperBlobService, WrapperBlobWriter
+from castore.wrappers.base import (
+    OnError,
+    WrapperBlobReader,
+    WrapperBlobService,
+    WrapperBlobWriter,
+)
 
 __all__ = ["BlobServiceStatistics", "StatsBlobService"]
 
@@ -81,69 +86,50 @@ class StatsBlobService(WrapperBlobService):
     def _error(self, exc: Exception) -> None:
         self._errors[type(exc).__name__] += 1
 
+    def _call(self, op: str) -> OnError:
+        """Count a call of ``op``; as a context, also count the error that ends it."""
+        self._calls[op] += 1
+        return OnError(self._error)
+
     def _found(self, op: str, found: bool) -> None:
         (self._hits if found else self._misses)[op] += 1
 
     async def has(self, digest: DigestLike) -> bool:
         digest = B3Digest.coerce(digest)
-        self._calls["has"] += 1
-        try:
+        with self._call("has"):
             found = await self._inner.has(digest)
-        except Exception as e:
-            self._error(e)
-            raise
         self._found("has", found)
         return found
 
     async def chunks(self, digest: DigestLike) -> list[ChunkMeta] | None:
         digest = B3Digest.coerce(digest)
-        self._calls["chunks"] += 1
-        try:
+        with self._call("chunks"):
             result = await self._inner.chunks(digest)
-        except Exception as e:
-            self._error(e)
-            raise
         self._found("chunks", result is not None)
         return result
 
     async def open_read(self, digest: DigestLike) -> BlobReader | None:
         digest = B3Digest.coerce(digest)
-        self._calls["open_read"] += 1
-        try:
+        with self._call("open_read"):
             reader = await self._inner.open_read(digest)
-        except Exception as e:
-            self._error(e)
-            raise
         self._found("open_read", reader is not None)
         return None if reader is None else _StatsReader(self, reader)
 
     async def delete(self, digest: DigestLike) -> bool:
         digest = B3Digest.coerce(digest)
-        self._calls["delete"] += 1
-        try:
+        with self._call("delete"):
             found = await self._inner.delete(digest)
-        except Exception as e:
-            self._error(e)
-            raise
         self._found("delete", found)
         return found
 
     async def list_blobs(self, *, details: bool = False) -> AsyncIterator[BlobInfo]:
-        self._calls["list_blobs"] += 1
-        try:
+        with self._call("list_blobs"):
             async for info in self._inner.list_blobs(details=details):
                 yield info
-        except Exception as e:
-            self._error(e)
-            raise
 
     async def open_write(self) -> BlobWriter:
-        self._calls["open_write"] += 1
-        try:
+        with self._call("open_write"):
             writer = await self._inner.open_write()
-        except Exception as e:
-            self._error(e)
-            raise
         return _StatsWriter(self, writer)
 
 
@@ -154,22 +140,14 @@ class _StatsReader(WrapperBlobReader):
 
     async def read(self, n: int = -1) -> bytes:
         owner = self._owner
-        owner._calls["read"] += 1
-        try:
+        with owner._call("read"):
             data = await self._inner.read(n)
-        except Exception as e:
-            owner._error(e)
-            raise
         owner._bytes_read += len(data)
         return data
 
     async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._owner._calls["seek"] += 1
-        try:
+        with self._owner._call("seek"):
             return await self._inner.seek(offset, whence)
-        except Exception as e:
-            self._owner._error(e)
-            raise
 
 
 class _StatsWriter(WrapperBlobWriter):
@@ -180,12 +158,8 @@ class _StatsWriter(WrapperBlobWriter):
 
     async def write(self, data: bytes | bytearray | memoryview) -> int:
         owner = self._owner
-        owner._calls["write"] += 1
-        try:
+        with owner._call("write"):
             n = await self._inner.write(data)
-        except Exception as e:
-            owner._error(e)
-            raise
         owner._bytes_written += n
         return n
 
@@ -194,12 +168,8 @@ class _StatsWriter(WrapperBlobWriter):
             return await self._inner.close()
         self._close_counted = True
         owner = self._owner
-        owner._calls["close"] += 1
-        try:
+        with owner._call("close"):
             digest = await self._inner.close()
-        except Exception as e:
-            owner._error(e)
-            raise
         owner._blobs_written += 1
         return digest
 
