@@ -6,8 +6,9 @@ same run against each other, so that a busy machine moves both sides of a ratio.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from benchmarks.api import CATEGORIES, Run
 from benchmarks.dedup import DedupResult
@@ -134,42 +135,104 @@ def limits_table(ctx: Context) -> Table:
     )
 
 
-def ingest_table(ctx: Context) -> Table:
-    res = ctx.res
-    rows = []
-    for name, runs in res.runs.items():
-        lim = res.limits[name]
+@dataclass(frozen=True, slots=True)
+class _Phase:
+    """One run's figures for one side (ingest or read), and that side's limits."""
+
+    mibps: float
+    seconds: float
+    cpu: float
+    kernel: float
+    faults: int
+    threads: dict[str, float]
+    limit: float
+    cpu_limit: float
+
+
+def _phases(ctx: Context, side: Literal["ingest", "read"]) -> Iterator[tuple[str, Run, _Phase]]:
+    """Every data set's runs with their figures for ``side``."""
+    for name, runs in ctx.res.runs.items():
+        lim = ctx.res.limits[name]
         for run in runs:
-            gib = run.size / GIB
-            rows.append(
-                [
-                    name,
-                    run.store,
-                    f"{run.ingest_mibps:,.0f}",
-                    f"{lim.write_limit(ctx.cores, run.store):,.0f}",
-                    _x(run.ingest_mibps / lim.write_limit(ctx.cores, run.store)),
-                    f"{run.ingest_cpu / run.ingest_s:.2f}",
-                    f"{run.ingest_cpu / gib:.2f}",
-                    _x(run.ingest_cpu / gib / lim.write_cpu(run.store)),
-                    _kernel(run.ingest_kernel, run.ingest_faults, gib),
-                    " / ".join(f"{run.ingest_threads.get(c, 0.0) / gib:.2f}" for c in CATEGORIES),
-                ]
-            )
+            if side == "ingest":
+                phase = _Phase(
+                    run.ingest_mibps,
+                    run.ingest_s,
+                    run.ingest_cpu,
+                    run.ingest_kernel,
+                    run.ingest_faults,
+                    run.ingest_threads,
+                    lim.write_limit(ctx.cores, run.store),
+                    lim.write_cpu(run.store),
+                )
+            else:
+                phase = _Phase(
+                    run.read_mibps,
+                    run.read_s,
+                    run.read_cpu,
+                    run.read_kernel,
+                    run.read_faults,
+                    run.read_threads,
+                    lim.read_limit(ctx.cores, run.store),
+                    lim.read_cpu(run.store),
+                )
+            yield name, run, phase
+
+
+#: The columns of the ingest and the read tables.
+_PHASE_COLUMNS = [
+    "data",
+    "store",
+    "MiB/s",
+    "limit MiB/s",
+    "ratio",
+    "cores busy",
+    "CPU s/GiB",
+    "CPU vs limit",
+    "of it kernel s/GiB (page faults/GiB)",
+    "CPU s/GiB: " + " / ".join(CATEGORIES),
+]
+
+
+def _phase_rows(ctx: Context, side: Literal["ingest", "read"]) -> list[list[str]]:
+    rows = []
+    for name, run, p in _phases(ctx, side):
+        gib = run.size / GIB
+        rows.append(
+            [
+                name,
+                run.store,
+                f"{p.mibps:,.0f}",
+                f"{p.limit:,.0f}",
+                _x(p.mibps / p.limit),
+                f"{p.cpu / p.seconds:.2f}",
+                f"{p.cpu / gib:.2f}",
+                _x(p.cpu / gib / p.cpu_limit),
+                _kernel(p.kernel, p.faults, gib),
+                " / ".join(f"{p.threads.get(c, 0.0) / gib:.2f}" for c in CATEGORIES),
+            ]
+        )
+    return rows
+
+
+def _phase_targets(ctx: Context, side: Literal["ingest", "read"], target: float) -> list[Target]:
+    """At least ``target`` of the limit, per data set and store."""
+    if not ctx.res.runs:
+        return [Target(f"{side} >= {target}x limit")]
+    rows = []
+    for name, run, p in _phases(ctx, side):
+        r = p.mibps / p.limit
+        rows.append(
+            Target.judged(f"{side} >= {target}x limit, {name}, {run.store}", _x(r), r >= target)
+        )
+    return rows
+
+
+def ingest_table(ctx: Context) -> Table:
     return Table(
         "2. Ingest through the public API (open_write, 4 MiB writes, close)",
-        [
-            "data",
-            "store",
-            "MiB/s",
-            "limit MiB/s",
-            "ratio",
-            "cores busy",
-            "CPU s/GiB",
-            "CPU vs limit",
-            "of it kernel s/GiB (page faults/GiB)",
-            "CPU s/GiB: " + " / ".join(CATEGORIES),
-        ],
-        rows,
+        _PHASE_COLUMNS,
+        _phase_rows(ctx, "ingest"),
         [
             f"Best of {ctx.repeat}, a fresh store each run; ratio = MiB/s / the write limit"
             f" with that store's put (target >= {INGEST_TARGET}x). CPU vs limit = the"
@@ -184,41 +247,10 @@ def ingest_table(ctx: Context) -> Table:
 
 
 def read_table(ctx: Context) -> Table:
-    res = ctx.res
-    rows = []
-    for name, runs in res.runs.items():
-        lim = res.limits[name]
-        for run in runs:
-            gib = run.size / GIB
-            rows.append(
-                [
-                    name,
-                    run.store,
-                    f"{run.read_mibps:,.0f}",
-                    f"{lim.read_limit(ctx.cores, run.store):,.0f}",
-                    _x(run.read_mibps / lim.read_limit(ctx.cores, run.store)),
-                    f"{run.read_cpu / run.read_s:.2f}",
-                    f"{run.read_cpu / gib:.2f}",
-                    _x(run.read_cpu / gib / lim.read_cpu(run.store)),
-                    _kernel(run.read_kernel, run.read_faults, gib),
-                    " / ".join(f"{run.read_threads.get(c, 0.0) / gib:.2f}" for c in CATEGORIES),
-                ]
-            )
     return Table(
         "3. Sequential read through open_read (readinto a 4 MiB buffer)",
-        [
-            "data",
-            "store",
-            "MiB/s",
-            "limit MiB/s",
-            "ratio",
-            "cores busy",
-            "CPU s/GiB",
-            "CPU vs limit",
-            "of it kernel s/GiB (page faults/GiB)",
-            "CPU s/GiB: " + " / ".join(CATEGORIES),
-        ],
-        rows,
+        _PHASE_COLUMNS,
+        _phase_rows(ctx, "read"),
         [
             f"Best of {ctx.repeat}. The limit is get (from that store) + zstd decompress +"
             " BLAKE3 of each chunk + BLAKE3 of the whole blob, which a reader checks when it"
@@ -353,32 +385,12 @@ def peers_table(ctx: Context) -> Table:
 
 def ingest_targets(ctx: Context) -> list[Target]:
     """Ingest at least :data:`INGEST_TARGET` of the write limit, per data set and store."""
-    res = ctx.res
-    if not res.runs:
-        return [Target(f"ingest >= {INGEST_TARGET}x limit")]
-    rows = []
-    for name, runs in res.runs.items():
-        lim = res.limits[name]
-        for run in runs:
-            r = run.ingest_mibps / lim.write_limit(ctx.cores, run.store)
-            label = f"ingest >= {INGEST_TARGET}x limit, {name}, {run.store}"
-            rows.append(Target.judged(label, _x(r), r >= INGEST_TARGET))
-    return rows
+    return _phase_targets(ctx, "ingest", INGEST_TARGET)
 
 
 def read_targets(ctx: Context) -> list[Target]:
     """Read at least :data:`READ_TARGET` of the read limit, per data set and store."""
-    res = ctx.res
-    if not res.runs:
-        return [Target(f"read >= {READ_TARGET}x limit")]
-    rows = []
-    for name, runs in res.runs.items():
-        lim = res.limits[name]
-        for run in runs:
-            r = run.read_mibps / lim.read_limit(ctx.cores, run.store)
-            label = f"read >= {READ_TARGET}x limit, {name}, {run.store}"
-            rows.append(Target.judged(label, _x(r), r >= READ_TARGET))
-    return rows
+    return _phase_targets(ctx, "read", READ_TARGET)
 
 
 def rss_targets(ctx: Context) -> list[Target]:
