@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 from blockbuster import blockbuster_ctx
+from helpers import short_dir
 
 MAX_LOOP_STALL = float(os.environ.get("CASTORE_MAX_LOOP_STALL", "1.0"))
 
@@ -66,3 +67,10 @@ def no_blocking_in_castore(request: pytest.FixtureRequest) -> Iterator[None]:
         logger.removeHandler(watcher)
     if watcher.stalls:
         pytest.fail("the event loop stalled:\n" + "\n".join(watcher.stalls[:5]))
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[str]:
+    """A folder with a short path, for unix sockets (their paths are limited to ~108 bytes)."""
+    with short_dir() as path:
+        yield path

@@ -10,6 +10,7 @@ import io
 from collections.abc import AsyncIterator
 
 import pytest
+from helpers import memory_objectstore
 
 import castore
 from castore import (
@@ -21,20 +22,10 @@ from castore import (
     MemoryBlobService,
 )
 from castore.errors import DigestMismatchError, StoreUnavailableError
-from castore.registry import registered_schemes
 from castore.testing.conformance import BlobServiceConformance, pseudo_random_bytes
 from castore.testing.faults import Fault, FaultyBlobService
 from castore.testing.fixtures import BLOB_A, BLOB_A_DIGEST, BLOB_B, BLOB_B_DIGEST
 from castore.wrappers import StatsBlobService, WrapperBlobService, WrapperBlobWriter
-
-HAVE_OBJECTSTORE = "objectstore+memory" in registered_schemes()
-needs_objectstore = pytest.mark.skipif(
-    not HAVE_OBJECTSTORE, reason="objectstore+memory:/// is not registered yet"
-)
-
-
-def objectstore() -> BlobService:
-    return castore.from_addr("objectstore+memory:///")
 
 
 class _FarWriteCombined(CombinedBlobService):
@@ -73,17 +64,17 @@ class TestCombinedMemoryReadsFromFar(BlobServiceConformance):
             yield svc
 
 
-@needs_objectstore
 class TestCombinedObjectStore(BlobServiceConformance):
     large_blob_size = 16 * 1024 * 1024
 
     @pytest.fixture
     async def service(self) -> AsyncIterator[BlobService]:
-        async with CombinedBlobService(objectstore(), objectstore(), write_through=True) as svc:
+        async with CombinedBlobService(
+            memory_objectstore(), memory_objectstore(), write_through=True
+        ) as svc:
             yield svc
 
 
-@needs_objectstore
 class TestCombinedMemoryNearObjectStoreFar(BlobServiceConformance):
     """Far chunks: reads go chunk by chunk through far's list and fill a memory near."""
 
@@ -91,21 +82,19 @@ class TestCombinedMemoryNearObjectStoreFar(BlobServiceConformance):
 
     @pytest.fixture
     async def service(self) -> AsyncIterator[BlobService]:
-        async with _FarWriteCombined(MemoryBlobService(), objectstore()) as svc:
+        async with _FarWriteCombined(MemoryBlobService(), memory_objectstore()) as svc:
             yield svc
 
 
-@needs_objectstore
 class TestCombinedObjectStoreReadsFromFar(BlobServiceConformance):
     large_blob_size = 16 * 1024 * 1024
 
     @pytest.fixture
     async def service(self) -> AsyncIterator[BlobService]:
-        async with _FarWriteCombined(objectstore(), objectstore()) as svc:
+        async with _FarWriteCombined(memory_objectstore(), memory_objectstore()) as svc:
             yield svc
 
 
-@needs_objectstore
 class TestCombinedObjectStoreNearGRPCFar(BlobServiceConformance):
     """The deployed shape: a local object store in front of a gRPC server over a bucket."""
 
@@ -119,9 +108,9 @@ class TestCombinedObjectStoreNearGRPCFar(BlobServiceConformance):
         from castore.grpc import serve
 
         async with (
-            objectstore() as backend,
+            memory_objectstore() as backend,
             serve(backend, "grpc+http://127.0.0.1:0") as running,
-            _FarWriteCombined(objectstore(), castore.from_addr(running.url)) as svc,
+            _FarWriteCombined(memory_objectstore(), castore.from_addr(running.url)) as svc,
         ):
             yield svc
 
@@ -135,15 +124,18 @@ def _far_calls(far: StatsBlobService) -> dict[str, int]:
 
 @pytest.mark.parametrize("far_kind", ["memory", "objectstore", "grpc"])
 async def test_read_fetches_from_far_once_then_from_near(far_kind: str) -> None:
-    if far_kind != "memory" and not HAVE_OBJECTSTORE:
-        pytest.skip("objectstore+memory:/// is not registered yet")
     if far_kind == "grpc":
         from castore.grpc import serve
 
-        async with objectstore() as backend, serve(backend, "grpc+http://127.0.0.1:0") as srv:
+        async with (
+            memory_objectstore() as backend,
+            serve(backend, "grpc+http://127.0.0.1:0") as srv,
+        ):
             await _far_once_then_near(castore.from_addr(srv.url))
     else:
-        await _far_once_then_near(MemoryBlobService() if far_kind == "memory" else objectstore())
+        await _far_once_then_near(
+            MemoryBlobService() if far_kind == "memory" else memory_objectstore()
+        )
 
 
 async def _far_once_then_near(far_service: BlobService) -> None:
@@ -173,9 +165,8 @@ async def _far_once_then_near(far_service: BlobService) -> None:
     await combined.aclose()
 
 
-@needs_objectstore
 async def test_a_partial_read_copies_its_chunks_into_near() -> None:
-    far = StatsBlobService(objectstore())
+    far = StatsBlobService(memory_objectstore())
     near = MemoryBlobService()
     combined = CombinedBlobService(near, far, prefetch=0)
     data = pseudo_random_bytes(1_500_000, seed=42)
@@ -248,9 +239,8 @@ async def test_corrupt_far_bytes_raise_and_are_not_kept() -> None:
     assert await near.has(BLOB_B_DIGEST)
 
 
-@needs_objectstore
 async def test_corrupt_far_chunk_raises_and_is_not_kept() -> None:
-    far = FaultyBlobService(objectstore(), seed=6)
+    far = FaultyBlobService(memory_objectstore(), seed=6)
     near = MemoryBlobService()
     combined = CombinedBlobService(near, far, prefetch=0)
     await far.put(BLOB_B)
@@ -264,9 +254,8 @@ async def test_corrupt_far_chunk_raises_and_is_not_kept() -> None:
     assert not await near.has(BLOB_B_DIGEST)
 
 
-@needs_objectstore
 async def test_a_corrupt_chunk_in_near_falls_back_to_far() -> None:
-    far = objectstore()
+    far = memory_objectstore()
     near = FaultyBlobService(MemoryBlobService(), seed=2)
     combined = CombinedBlobService(near, far, prefetch=0)
     await far.put(BLOB_B)
@@ -402,9 +391,8 @@ async def test_aclose_closes_near_and_far_once() -> None:
     assert closed == ["near", "far"]
 
 
-@needs_objectstore
 async def test_an_object_store_near_ends_up_with_far_s_chunks() -> None:
-    near, far = objectstore(), objectstore()
+    near, far = memory_objectstore(), memory_objectstore()
     combined = CombinedBlobService(near, far)
     data = pseudo_random_bytes(2_500_000, seed=43)
     digest = await far.put(data)

@@ -7,23 +7,13 @@ which runs in the same event loop in front of a memory or an object-store backen
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from castore import BlobService, MemoryBlobService, from_addr
 from castore.grpc import GRPCBlobService, serve
 from castore.testing.conformance import BlobServiceConformance
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[str]:
-    # Unix socket paths are limited to ~108 bytes: pytest's tmp_path can be too long.
-    path = tempfile.mkdtemp(prefix="castore-grpc-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class TestGRPCOverTCP(BlobServiceConformance):

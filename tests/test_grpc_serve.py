@@ -3,13 +3,10 @@ stop on SIGTERM/SIGINT that finishes the calls in flight."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 
 import anyio
 import anyio.abc
@@ -19,13 +16,6 @@ from serving import castore_serve
 from castore import B3Digest, GRPCBlobService, from_addr
 from castore.errors import StoreUnavailableError
 from castore.testing.conformance import pseudo_random_bytes
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="castore-serve-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_sigterm_finishes_the_call_in_flight() -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
-import obstore
 import pytest
+from helpers import index_keys
 from obstore.store import LocalStore, MemoryStore
 
 from castore import B3Digest, ObjectStoreBlobService
@@ -98,10 +98,6 @@ class SlowAdapter(ObstoreAdapter):
         return await super().put_new_async(key, data)
 
 
-def _index_keys(store: MemoryStore) -> list[str]:
-    return [m["path"] for page in obstore.list(store, prefix="blobs/") for m in page]
-
-
 def _pending_writer_tasks() -> list[asyncio.Task[object]]:
     return [
         t
@@ -145,7 +141,7 @@ async def test_chunk_put_fault(in_process: bool, pooled: bool, which: str) -> No
     # The same error again from close(); nothing is indexed; the blob is absent.
     with pytest.raises(StoreError, match="injected fault"):
         await writer.close()
-    assert _index_keys(store) == []
+    assert index_keys(store) == []
     assert not await svc.has(B3Digest.of(DATA))
     await _no_pending_writer_tasks()
     # The store recovers: the same bytes go in, reusing the chunks already there.
@@ -162,7 +158,7 @@ async def test_index_put_fault(in_process: bool) -> None:
     svc = ObjectStoreBlobService(adapter)
     with pytest.raises(StoreError, match="injected fault storing blobs/"):
         await svc.put(DATA)
-    assert _index_keys(store) == []
+    assert index_keys(store) == []
     adapter.fail_index = False
     assert await svc.get(B3Digest.of(DATA)) is None
     assert await svc.put(DATA) == B3Digest.of(DATA)
@@ -179,7 +175,7 @@ async def test_fault_surfaces_on_write() -> None:
     with pytest.raises(StoreError, match="injected fault"):
         for _ in range(200):  # far more than the pipeline buffers
             await writer.write(piece)
-    assert _index_keys(store) == []
+    assert index_keys(store) == []
 
 
 # --- cancellation and garbage collection ---------------------------------------------
@@ -203,7 +199,7 @@ async def test_cancelled_write(in_process: bool, unique_64mib: bytes) -> None:
     settled = adapter.chunk_puts
     await anyio.sleep(0.2)
     assert adapter.chunk_puts == settled
-    assert _index_keys(store) == []
+    assert index_keys(store) == []
     await svc.aclose()
 
 
@@ -217,7 +213,7 @@ async def test_cancelled_close() -> None:
         await writer.close()
     assert scope.cancelled_caught
     await _no_pending_writer_tasks()
-    assert _index_keys(store) == []
+    assert index_keys(store) == []
     with pytest.raises(WriteAbortedError):
         await writer.close()
 
@@ -230,7 +226,7 @@ async def test_exception_in_async_with_leaves_nothing_running() -> None:
             await writer.write(pseudo_random_bytes(4 << 20, seed=6))
             raise KeyError("boom")
     await _no_pending_writer_tasks()
-    assert _index_keys(store) == []
+    assert index_keys(store) == []
 
 
 async def test_garbage_collected_writer() -> None:
@@ -251,7 +247,7 @@ async def test_garbage_collected_writer() -> None:
     settled = adapter.chunk_puts
     await anyio.sleep(0.2)
     assert adapter.chunk_puts == settled
-    assert _index_keys(store) == []
+    assert index_keys(store) == []
 
 
 @pytest.mark.parametrize("where", ["memory", "local disk"])

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import anyio
 import obstore
 import pytest
+from helpers import index_keys, write_in_pieces
 from obstore.store import MemoryStore
 
 from castore import B3Digest, BlobService, ObjectStoreBlobService
@@ -93,17 +94,6 @@ async def _no_thread_left(baseline: set[threading.Thread], what: str) -> None:
     assert not _threads() - baseline, f"{what}: threads left: {_threads() - baseline}"
 
 
-def _index_keys(store: MemoryStore) -> list[str]:
-    return [m["path"] for page in obstore.list(store, prefix="blobs/") for m in page]
-
-
-async def _write(svc: BlobService, data: bytes, piece: int) -> B3Digest:
-    async with await svc.open_write() as writer:
-        for i in range(0, len(data), piece):
-            await writer.write(data[i : i + piece])
-        return await writer.close()
-
-
 async def _read(svc: BlobService, digest: B3Digest, seed: int, seeks: int = 3) -> None:
     rng = random.Random(seed)
     reader = await svc.open_read(digest)
@@ -135,20 +125,22 @@ async def test_cancel_a_write_at_every_point(in_process: bool) -> None:
             store = MemoryStore()
             adapter = FaultyStore(store, in_process=in_process)
             svc = ObjectStoreBlobService(adapter, avg_chunk_size=AVG, pipeline=PIPELINE)
-            was_cancelled, site = await _cancel_after(k, lambda s=svc, p=piece: _write(s, DATA, p))
+            was_cancelled, site = await _cancel_after(
+                k, lambda s=svc, p=piece: write_in_pieces(s, DATA, p)
+            )
             cases += 1
             await _no_task_left(tasks, f"{kind}, k={k}")
             if was_cancelled:
                 cancelled += 1
                 _record(kind, site)
-                if _index_keys(store):
+                if index_keys(store):
                     # Cancelled after the index was stored: the blob is there, whole.
                     committed += 1
                     assert await svc.get(DIGEST) == DATA
                 else:
                     assert not await svc.has(DIGEST)
             # The service goes on working.
-            assert await _write(svc, DATA, piece) == DIGEST
+            assert await write_in_pieces(svc, DATA, piece) == DIGEST
             assert await svc.get(DIGEST) == DATA
             await svc.aclose()
             if not was_cancelled:
@@ -229,10 +221,12 @@ async def test_cancel_a_grpc_client_at_every_point(what: str) -> None:
             k = 0
             while True:
                 if what == "write":
-                    for key in _index_keys(store):
+                    for key in index_keys(store):
                         if DIGEST.hex() in key:
                             obstore.delete(store, key)
-                    op: Callable[[], Awaitable[object]] = lambda: _write(client, DATA, 33_000)  # noqa: E731
+                    op: Callable[[], Awaitable[object]] = lambda: write_in_pieces(  # noqa: E731
+                        client, DATA, 33_000
+                    )
                 else:
                     op = lambda r=round_: _read(client, DIGEST, r, 1)  # noqa: E731
                 was_cancelled, site = await _cancel_after(k, op)
@@ -243,13 +237,13 @@ async def test_cancel_a_grpc_client_at_every_point(what: str) -> None:
                     cancelled += 1
                     _record(kind, site)
                     if what == "write":
-                        if any(DIGEST.hex() in key for key in _index_keys(store)):
+                        if any(DIGEST.hex() in key for key in index_keys(store)):
                             committed += 1
                             assert await client.get(DIGEST) == DATA
                         else:
                             assert not await client.has(DIGEST)
                 if what == "write":
-                    assert await _write(client, DATA, 33_000) == DIGEST
+                    assert await write_in_pieces(client, DATA, 33_000) == DIGEST
                 assert await client.get(DIGEST) == DATA
                 if not was_cancelled:
                     break

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import anyio
 import obstore
 import pytest
+from helpers import index_keys, write_in_pieces
 from obstore.store import MemoryStore
 
 from castore import B3Digest, GRPCBlobService, MemoryBlobService, ObjectStoreBlobService
@@ -58,10 +59,6 @@ ONE_CHUNK = pseudo_random_bytes(6_000, seed=52)
 READ_ERRORS = (StoreError, DataCorruptionError, BlobNotFoundError)
 
 
-def _index_keys(store: MemoryStore) -> list[str]:
-    return [m["path"] for page in obstore.list(store, prefix="blobs/") for m in page]
-
-
 def _chunk_keys(store: MemoryStore) -> set[str]:
     return {m["path"] for page in obstore.list(store, prefix="chunks/") for m in page}
 
@@ -86,14 +83,6 @@ async def _settled(baseline: set[asyncio.Task[object]]) -> None:
     with anyio.fail_after(5):
         while {t for t in asyncio.all_tasks() if not t.done()} - baseline - {me}:  # noqa: ASYNC110
             await anyio.sleep(0.01)
-
-
-async def _write(svc: ObjectStoreBlobService, data: bytes, piece: int = 50_000) -> B3Digest:
-    writer = await svc.open_write()
-    async with writer:
-        for i in range(0, len(data), piece):
-            await writer.write(data[i : i + piece])
-        return await writer.close()
 
 
 # --- the tool itself --------------------------------------------------------------------
@@ -205,7 +194,7 @@ def _clean_write_calls(in_process: bool) -> tuple[int, int]:
     async def go() -> tuple[int, int]:
         faulty = FaultyStore(MemoryStore(), in_process=in_process)
         async with ObjectStoreBlobService(faulty, avg_chunk_size=AVG) as svc:
-            assert await _write(svc, DATA) == DIGEST
+            assert await write_in_pieces(svc, DATA, 50_000) == DIGEST
         return faulty.total_calls, faulty.written
 
     return anyio.run(go)
@@ -235,11 +224,11 @@ async def test_a_fault_at_every_point_of_a_write(
         async with ObjectStoreBlobService(faulty, avg_chunk_size=AVG) as svc:
             faulty.plan("any", fault, nth=n, after=after)
             try:
-                await _write(svc, DATA)
+                await write_in_pieces(svc, DATA, 50_000)
             except StoreError as e:
                 assert "injected" in str(e)
                 failed += 1
-                if _index_keys(store):
+                if index_keys(store):
                     # The index put succeeded and only its answer was lost: the blob is
                     # there, whole.
                     assert after and n == total
@@ -258,7 +247,7 @@ async def test_a_fault_at_every_point_of_a_write(
             faulty.clear()
             chunks_before = len(_chunk_keys(store))
             written = faulty.written
-            assert await _write(svc, DATA) == DIGEST
+            assert await write_in_pieces(svc, DATA, 50_000) == DIGEST
             assert faulty.written - written <= chunks - chunks_before + 1
             assert len(_chunk_keys(store)) == chunks
             assert await svc.get(DIGEST) == DATA
@@ -279,11 +268,11 @@ async def test_a_write_hung_on_the_store_can_be_cancelled() -> None:
         async with ObjectStoreBlobService(faulty, avg_chunk_size=AVG) as svc:
             faulty.plan("put", Fault.HANG, nth=3)
             with anyio.move_on_after(0.5) as scope:
-                await _write(svc, DATA)
+                await write_in_pieces(svc, DATA, 50_000)
             assert scope.cancelled_caught
             faulty.release()
             await _settled(tasks)
-            assert _index_keys(store) == []
+            assert index_keys(store) == []
             faulty.clear()
             assert await svc.put(DATA) == DIGEST
 

@@ -14,6 +14,7 @@ import obstore
 import obstore.exceptions
 import obstore.store
 import pytest
+from helpers import get_after_restart
 from obstore.exceptions import AlreadyExistsError
 
 from castore.testing.pytest_plugin import S3_TEST_BUCKET
@@ -120,7 +121,7 @@ def test_kill_and_restart_keeps_data_and_ports(tmp_path: Path) -> None:
         assert server.ports == ports
         # HEAD, not a listing: after a SIGKILL a listing may miss an object that is there.
         assert obstore.head(store, "kept")["size"] == len(b"survives a crash")
-        assert _get_after_restart(store, "kept") == b"survives a crash"
+        assert get_after_restart(store, "kept") == b"survives a crash"
         with pytest.raises(AlreadyExistsError):
             obstore.put(store, "kept", b"again", mode="create")
 
@@ -129,7 +130,7 @@ def test_kill_and_restart_keeps_data_and_ports(tmp_path: Path) -> None:
         assert not server.running
         assert time.monotonic() - started < 20
         server.start()
-        assert _get_after_restart(store, "kept") == b"survives a crash"
+        assert get_after_restart(store, "kept") == b"survives a crash"
     assert not server.running
     assert "Port allocation failed" not in server.log_path.read_text(errors="replace")
 
@@ -174,19 +175,3 @@ def _sockets_of(ports: Ports) -> list[Path]:
         for port in (ports.s3, ports.s3_grpc, ports.filer, ports.filer_grpc, ports.master_grpc)
         for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")
     ]
-
-
-def _get_after_restart(store: obstore.store.S3Store, key: str) -> bytes:
-    """GET ``key``, retrying SeaweedFS's 500s for a while after a restart.
-
-    After a SIGKILL, SeaweedFS answers 500 for existing objects until its volumes have
-    loaded (seen for several seconds on a loaded machine); the data is not lost.
-    """
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return bytes(obstore.get(store, key).bytes())
-        except obstore.exceptions.GenericError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)

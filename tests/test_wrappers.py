@@ -13,8 +13,8 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from helpers import memory_objectstore
 
-import castore
 from castore import (
     B3Digest,
     BlobReader,
@@ -33,7 +33,6 @@ from castore.errors import (
     StoreTimeoutError,
     StoreUnavailableError,
 )
-from castore.registry import registered_schemes
 from castore.testing.conformance import BlobServiceConformance, pseudo_random_bytes
 from castore.testing.faults import Fault, FaultyBlobService, InjectedFault
 from castore.testing.fixtures import BLOB_A, BLOB_A_DIGEST, BLOB_B, BLOB_B_DIGEST
@@ -45,16 +44,6 @@ from castore.wrappers import (
     WrapperBlobService,
     is_transient,
 )
-
-HAVE_OBJECTSTORE = "objectstore+memory" in registered_schemes()
-needs_objectstore = pytest.mark.skipif(
-    not HAVE_OBJECTSTORE, reason="objectstore+memory:/// is not registered yet"
-)
-
-
-def objectstore() -> BlobService:
-    return castore.from_addr("objectstore+memory:///")
-
 
 # --- conformance -------------------------------------------------------------------------
 
@@ -119,23 +108,21 @@ class TestCache(BlobServiceConformance):
             yield svc
 
 
-@needs_objectstore
 class TestCacheOverObjectStore(BlobServiceConformance):
     large_blob_size = 16 * 1024 * 1024
 
     @pytest.fixture
     async def service(self) -> AsyncIterator[BlobService]:
-        async with CachingBlobService(objectstore(), max_bytes=4 << 20) as svc:
+        async with CachingBlobService(memory_objectstore(), max_bytes=4 << 20) as svc:
             yield svc
 
 
-@needs_objectstore
 class TestRetryOverFaultyObjectStore(BlobServiceConformance):
     large_blob_size = 16 * 1024 * 1024
 
     @pytest.fixture
     async def service(self) -> AsyncIterator[BlobService]:
-        faulty = _ReadFaults(objectstore(), seed=3)
+        faulty = _ReadFaults(memory_objectstore(), seed=3)
         for op in ("has", "chunks", "open_read", "read"):
             faulty.plan(op, Fault.TIMEOUT, rate=0.15)
         async with RetryBlobService(faulty, max_attempts=12, base_delay=0.0005) as svc:
@@ -356,9 +343,8 @@ async def test_cache_serves_repeated_reads_from_memory() -> None:
     assert info.items == 2 and info.bytes >= len(data) and info.hits >= 3
 
 
-@needs_objectstore
 async def test_cache_keeps_chunks_of_chunked_blobs() -> None:
-    stats = StatsBlobService(objectstore())
+    stats = StatsBlobService(memory_objectstore())
     await stats.put(BLOB_B)
     chunks = await stats.chunks(BLOB_B_DIGEST)
     assert chunks is not None and len(chunks) > 1

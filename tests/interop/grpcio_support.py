@@ -10,11 +10,9 @@ from __future__ import annotations
 import importlib
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -63,14 +61,6 @@ def stubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stubs]:
         sys.path.remove(str(out))
         for name in [m for m in sys.modules if m == "tvix" or m.startswith("tvix.")]:
             del sys.modules[name]
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[str]:
-    """A short folder for unix sockets (their paths are limited to ~108 bytes)."""
-    path = tempfile.mkdtemp(prefix="castore-interop-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # --- a grpcio server backed by a dict -------------------------------------------------------
