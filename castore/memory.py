@@ -10,14 +10,13 @@ import anyio.to_thread
 import blake3
 
 from castore._digest import B3Digest, DigestLike
+from castore._threads import THRESHOLDS, hash_update
 from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter, BytesReader
 from castore.errors import InvalidAddressError
 from castore.registry import register_scheme, register_type
 
 __all__ = ["MemoryBlobService"]
 
-# Hash pieces at least this large in a worker thread instead of on the event loop.
-_THREAD_HASH_MIN = 1 << 20
 
 # A listing lets other tasks run after this many blobs.
 _LIST_BATCH = 1000
@@ -77,11 +76,9 @@ class _MemoryWriter(BlobWriter):
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
         part = bytes(data)
-        if len(part) >= _THREAD_HASH_MIN:
-            await anyio.to_thread.run_sync(self._hasher.update, part)
-        else:
-            await anyio.lowlevel.checkpoint()
-            self._hasher.update(part)
+        if len(part) < THRESHOLDS.hash:
+            await anyio.lowlevel.checkpoint()  # a write is a checkpoint either way
+        await hash_update(self._hasher, part)
         self._parts.append(part)
 
     async def _finish(self) -> B3Digest:

@@ -1,4 +1,5 @@
-"""Fixtures for the interop tests (defined in :mod:`grpcio_support`)."""
+"""Fixtures for the interop tests: the servers and stubs of :mod:`grpcio_support`
+(``short_tmp`` comes from the suite's root ``conftest.py``)."""
 
 from grpcio_support import castore_server, dict_server, stubs
 
