@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,6 +89,14 @@ def measure_gateway(size: int, repeat: int, work: pathlib.Path) -> GatewayRun:
     """One blob of ``size`` random bytes, read in process and over HTTP."""
     data = datasets.random_data(size)
     folder = pathlib.Path(tempfile.mkdtemp(prefix="gateway-", dir=work))
+    try:
+        return _measure(folder, data, repeat)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _measure(folder: pathlib.Path, data: bytes, repeat: int) -> GatewayRun:
+    size = len(data)
     url = "objectstore+" + folder.as_uri()
     digest, read_s, read_cpu = asyncio.run(_put_and_read(url, data, repeat))
     port = _free_port()
