@@ -94,6 +94,12 @@ def test_gc_condemns_then_sweeps_and_keeps_every_live_blob(
 
     dry = _gc(url, env, "--dry-run")
     assert dry["dry_run"] is True and dry["condemned"] > 0  # type: ignore[operator]
+    dry_text = castore(
+        "--store", url, "gc", "--grace", "8s", "--min-age", "0", "--dry-run", env=env
+    )
+    assert dry_text.returncode == 0, dry_text.stderr
+    assert f"would condemn generation 1: {dry['condemned']} chunks" in dry_text.stdout
+    assert "(dry run: nothing changed)" in dry_text.stdout
     assert not (folder / "gc").exists(), "a dry run wrote the collector's state"
     assert _chunk_files(folder) == before
 

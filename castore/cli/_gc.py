@@ -153,10 +153,10 @@ def report_lines(r: GcReport) -> list[str]:
         )
     if r.generation is not None or (r.dry_run and r.condemned):
         which = "" if r.generation is None else f" generation {r.generation}"
+        verb = "would condemn" if r.dry_run else "condemned"
         lines.append(
-            f"condemned{which}: {r.condemned} chunks {would}condemned "
-            f"({_mib(r.condemned_bytes)}); a run {_span(r.grace)} from now deletes those "
-            "still unnamed"
+            f"{verb}{which}: {r.condemned} chunks ({_mib(r.condemned_bytes)}); a run "
+            f"{_span(r.grace)} from now deletes those still unnamed"
         )
     if r.pending is not None and r.pending != r.generation and r.due_in is not None:
         lines.append(f"generation {r.pending} is due for its sweep in {_span(r.due_in)}")
