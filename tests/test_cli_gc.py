@@ -20,7 +20,8 @@ import pytest
 from castore import B3Digest, ObjectStoreBlobService
 from castore.cli import ExitCode
 from castore.cli._gc import parse_duration
-from castore.objectstore._gc_state import SYSTEM_CLOCK, GcKeys, Lease
+from castore.objectstore._gc_lease import Lease
+from castore.objectstore._gc_state import SYSTEM_CLOCK, GcKeys
 from castore.registry import from_addr
 
 

@@ -1,6 +1,6 @@
 """Garbage collection of chunk objects that no blob index names (the collector's side).
 
-One run of :func:`collect_garbage`, under the collector's lease (``_gc_state.Lease``):
+One run of :func:`collect_garbage`, under the collector's lease (``_gc_lease.Lease``):
 
 1. Sweep every generation that is due, that is condemned at least its grace ago by the
    store's clock: write its ``begun`` marker, mark again from every index (after the
@@ -29,6 +29,7 @@ import anyio
 import anyio.to_thread
 
 from castore.objectstore._errors import store_error
+from castore.objectstore._gc_lease import Lease
 from castore.objectstore._gc_mark import (
     Marks,
     Progress,
@@ -45,7 +46,6 @@ from castore.objectstore._gc_state import (
     Condemned,
     GcKeys,
     Generation,
-    Lease,
     clock_of,
     each_bounded,
     encode_json,
