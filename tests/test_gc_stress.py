@@ -17,7 +17,7 @@ long as Hypothesis likes.
 
 Invariants: after every step, no blob index names a missing chunk (so a failed write left
 no such index); at the end, every blob written successfully after every delete of it had
-finished reads back exactly.
+finished reads back exactly, and ``check`` finds no problem.
 
 The negative control runs the same machine with the writers' check switched off by a
 private hook (the dedup-reuse race), aimed at that race (much reuse, chunks condemned as
@@ -402,6 +402,8 @@ def gc_machine(profile: Profile = DEFAULT) -> type[RuleBasedStateMachine]:
                     continue
                 got = self.call(reader.get, r.digest)
                 assert got == r.data, _lost(f"blob {r.digest.hex()} written at {r.start} is lost")
+            problems = self.call(lambda: reader.check().collect())
+            assert not problems, _lost(f"check found problems: {problems[:3]}")
 
     return GcMachine
 
