@@ -62,6 +62,12 @@ class GcRun:
     phase_peaks: bool
 
 
+def _secs(s: float) -> str:
+    """Seconds to one decimal, or to three below one second (a quick run's small figures
+    would print as 0.0)."""
+    return f"{s:.1f}" if s >= 1 else f"{s:.3f}"
+
+
 def _fill(adapter: object, n: int, seed: int = 0) -> int:
     """``n`` chunk objects and indexes naming all but the garbage share; returns the
     number of indexes."""
@@ -196,8 +202,8 @@ class GcBench(Section):
                 r.store,
                 f"{r.chunks:,}",
                 f"{r.indexes:,}",
-                f"{r.mark_s:.1f}",
-                f"{r.sweep_s:.1f}",
+                _secs(r.mark_s),
+                _secs(r.sweep_s),
                 f"{r.chunks / r.mark_s / 1000:.0f}",
                 f"{r.deleted:,}",
                 f"{r.baseline / MIB:.0f}",
