@@ -1,7 +1,7 @@
 """Page faults and kernel time of repeated ingests into memory, one process.
 
 Run ``python -m benchmarks.allocator [--kind random|text] [--mib 512] [--runs 4]``,
-once as is and once with the allocator settings of ``docs/cli.md`` in the environment::
+once as is and once with allocator settings in the environment, for example::
 
     MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=1073741824 \\
         MALLOC_TOP_PAD_=67108864 python -m benchmarks.allocator

@@ -49,6 +49,7 @@ from collections.abc import Sequence
 
 from castore import __version__
 from castore.cli import _check, _gc, _get, _has, _ls, _put, _rm, _serve, _stat
+from castore.cli._allocator import tune_allocator
 from castore.cli._command import Handler, Parser, Register
 from castore.cli._errors import ExitCode, classify, error, unwrap
 from castore.cli._progress import PROGRESS_MIN
@@ -127,9 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     such a thread with a forced unwind through Rust frames, which aborts the process
     (seen in most runs of ``castore has`` on an unreachable S3 store). Nothing is left to
     clean up by then.
+
+    As the whole program it first tunes glibc's allocator for castore's large buffers
+    (:func:`castore.cli._allocator.tune_allocator`; ``CASTORE_NO_MALLOC_TUNING=1`` opts
+    out). Called with ``argv``, from a host program, it leaves the allocator alone.
     """
     if argv is not None:
         return _main(argv)
+    tune_allocator()
     code = _main(None)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
