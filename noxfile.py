@@ -56,7 +56,8 @@ def _generate(session: nox.Session, out: pathlib.Path) -> None:
         "grpc_tools.protoc",
         f"-I{ROOT / 'protos'}",
         f"--python_betterproto2_out={out}",
-        "--python_betterproto2_opt=client_generation=async,server_generation=async",
+        # Messages only: castore's client and server bind them to grpc.aio themselves.
+        "--python_betterproto2_opt=client_generation=none,server_generation=none",
         *sorted(str(p) for p in (ROOT / "protos").rglob("*.proto")),
         env=env,
     )

@@ -7,7 +7,7 @@ named.
 
 from __future__ import annotations
 
-from benchmarks import builtin
+from benchmarks import builtin, grpc_pairs
 from benchmarks.check import CheckBench
 from benchmarks.collect import GcBench
 from benchmarks.gateway import GatewayBench
@@ -26,4 +26,5 @@ SECTIONS: tuple[type[Section], ...] = (
     CheckBench,
     GatewayBench,
     GcBench,
+    grpc_pairs.Grpc,
 )

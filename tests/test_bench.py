@@ -341,3 +341,30 @@ def test_gc_section_marks_condemns_and_sweeps(
     verdicts = {r[0]: r[2] for r in tables["Targets"][1:]}
     assert verdicts["peak RSS of marking 1 M chunks, above the store, < 512 MiB"] == "NOT RUN"
     assert [p for p in tmp_path.iterdir()] == []
+
+
+def test_grpc_section(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both pairs move the data over real sockets, Put and Read; the ratio and the CPU per
+    MiB of each side are reported and judged."""
+    code = bench.main(["--quick", "--only", "grpc", "--size", "2M", "--tmp", str(tmp_path)])
+    assert code == 0
+    tables = _check_well_formed(capsys.readouterr().out)
+    grpc = next(rows for t, rows in tables.items() if t.startswith("gRPC: one stream"))
+    assert grpc[0][:3] == ["call", "pair", "MB/s"]
+    assert [(r[0], r[1]) for r in grpc[1:]] == [
+        ("Put", "minimal grpc.aio"),
+        ("Put", "castore"),
+        ("Read", "minimal grpc.aio"),
+        ("Read", "castore"),
+    ]
+    for row in grpc[1:]:
+        assert float(row[2].replace(",", "")) > 0
+        # Both sides' CPU is counted; the server's in clock ticks, which a tiny run may
+        # not fill.
+        assert float(row[4]) > 0 and float(row[5]) >= 0
+    assert grpc[2][3].endswith("x") and grpc[4][3].endswith("x")
+    verdicts = {r[0]: r[1:] for r in tables["Targets"][1:]}
+    for op in ("Put", "Read"):
+        assert verdicts[f"gRPC {op} >= 0.8x minimal grpc.aio"][1] in ("MET", "MISSED")
+        measured, verdict = verdicts[f"gRPC {op} CPU <= 1.2 ms/MiB each side"]
+        assert measured.startswith("client ") and verdict in ("MET", "MISSED")

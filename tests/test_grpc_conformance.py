@@ -2,7 +2,8 @@
 
 Each service is a :class:`~castore.GRPCBlobService` built by ``from_addr`` and talking
 over a real socket (TCP on 127.0.0.1, or a unix socket) to :func:`castore.grpc.serve`,
-which runs in the same event loop in front of a memory or an object-store backend.
+which runs in the same event loop in front of a memory or an object-store backend. The
+``OnUvloop`` classes run the same tests on uvloop.
 """
 
 from __future__ import annotations
@@ -57,3 +58,23 @@ class TestGRPCOverTCPToObjectStore(BlobServiceConformance):
             from_addr(running.url) as client,
         ):
             yield client
+
+
+class _OnUvloop:
+    """Runs a class's tests on uvloop's event loop, client and server alike."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> tuple[str, dict[str, bool]]:
+        return ("asyncio", {"use_uvloop": True})
+
+
+class TestGRPCOverTCPOnUvloop(_OnUvloop, TestGRPCOverTCP):
+    pass
+
+
+class TestGRPCOverUnixSocketOnUvloop(_OnUvloop, TestGRPCOverUnixSocket):
+    pass
+
+
+class TestGRPCOverTCPToObjectStoreOnUvloop(_OnUvloop, TestGRPCOverTCPToObjectStore):
+    pass

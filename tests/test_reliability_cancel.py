@@ -71,18 +71,37 @@ async def _cancel_after(k: int, op: Callable[[], Awaitable[object]]) -> tuple[bo
 # Process-wide pools, bounded by design: anyio's worker threads (idle ones stay up to
 # 10 s) and the readers' CPU pool.
 _POOLS = ("AnyIO worker thread", "castore-reader")
+# grpc.aio's poller thread, which castore keeps for the life of the process (docs/grpc.md).
+_GRPC_POLLER = "(_poll_wrapper)"
 
 
 def _threads() -> set[threading.Thread]:
     """Live threads, less the process-wide pools."""
-    return {t for t in threading.enumerate() if t.is_alive() and not t.name.startswith(_POOLS)}
+    return {
+        t
+        for t in threading.enumerate()
+        if t.is_alive() and not t.name.startswith(_POOLS) and not t.name.endswith(_GRPC_POLLER)
+    }
+
+
+# grpc.aio's server always keeps one task waiting for the next call, and starts a new one
+# for each call it accepts: it is the server's, not left behind by a call.
+_SERVER_ACCEPT = "AioServer._request_call"
+
+
+def _live_tasks() -> set[asyncio.Task[object]]:
+    return {
+        t
+        for t in asyncio.all_tasks()
+        if not t.done() and getattr(t.get_coro(), "__qualname__", "") != _SERVER_ACCEPT
+    }
 
 
 async def _no_task_left(baseline: set[asyncio.Task[object]], what: str) -> None:
     me = asyncio.current_task()
     left: set[asyncio.Task[object]] = set()
     with anyio.move_on_after(5):
-        while left := {t for t in asyncio.all_tasks() if not t.done()} - baseline - {me}:  # noqa: ASYNC110
+        while left := _live_tasks() - baseline - {me}:  # noqa: ASYNC110
             await anyio.sleep(0.005)
     assert not left, f"{what}: tasks left after cancellation: {left}"
 

@@ -5,9 +5,10 @@ memory) on loopback. 16 clients, each with its own connection, put and read blob
 fixed pool for a fixed time (10 s; ``CASTORE_STRESS=N`` makes it 10 x N s, or set
 ``CASTORE_LOAD_SECONDS``): every digest and every byte read is checked, and any error
 fails the test. Meanwhile another task keeps sending malformed requests, on raw HTTP/2
-and raw TCP: digests of the wrong length, undecodable and compressed messages, a message
-larger than the limit, an unknown method, garbage instead of HTTP/2, garbage frames, and
-clients that vanish in the middle of a Put and of a Read. Each must get its status code
+and raw TCP (:mod:`h2raw`): digests of the wrong length, undecodable messages, a message
+flagged compressed with no encoding named, a message larger than the limit, an unknown
+method, garbage instead of HTTP/2, garbage frames, and clients that vanish in the middle
+of a Put and of a Read. Each must get its status code
 (or a closed connection) while the clients see nothing of it. The server's resident
 memory is sampled all along from ``/proc``; after the warm-up (every pool blob stored,
 the first third of the run) it must stay within a bound.
@@ -18,17 +19,15 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import struct
 import sys
 import time
 from collections.abc import AsyncIterator
 
 import anyio
 import anyio.abc
-import h2.config
-import h2.connection
 import h2.events
 import pytest
+from h2raw import H2, call, closed_by_server, frame
 
 from castore import B3Digest, GRPCBlobService, from_addr
 from castore._proto.tvix.castore.v1 import BlobChunk, ReadBlobRequest, StatBlobRequest
@@ -40,7 +39,6 @@ CLIENTS = 16
 MiB = 1 << 20
 #: Growth of the server's RSS allowed after the warm-up.
 RSS_BOUND = 48 * MiB
-_TVIX = "/tvix.castore.v1.BlobService/"
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/proc/self/status"), reason="samples the server's RSS in /proc"
@@ -84,123 +82,19 @@ async def _castore_serve() -> AsyncIterator[tuple[anyio.abc.Process, str]]:
 # --- raw HTTP/2 ----------------------------------------------------------------------------
 
 
-def _frame(message: bytes, *, compressed: bool = False, length: int | None = None) -> bytes:
-    n = len(message) if length is None else length
-    return struct.pack(">?I", compressed, n) + message
-
-
-class _H2:
-    """A bare HTTP/2 client connection (h2) on a TCP socket, for requests grpclib won't
-    send."""
-
-    def __init__(self, sock: anyio.abc.SocketStream) -> None:
-        self.sock = sock
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-
-    @classmethod
-    async def connect(cls, port: int) -> _H2:
-        self = cls(await anyio.connect_tcp("127.0.0.1", port))
-        self.conn.initiate_connection()
-        await self.flush()
-        return self
-
-    async def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            await self.sock.send(data)
-
-    async def start(self, method: str) -> int:
-        sid: int = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(
-            sid,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", _TVIX + method),
-                (":authority", "127.0.0.1"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-            ],
-        )
-        await self.flush()
-        return sid
-
-    async def send(self, sid: int, data: bytes, *, end: bool) -> None:
-        view = memoryview(data)
-        size = self.conn.max_outbound_frame_size
-        for i in range(0, max(len(view), 1), size):
-            self.conn.send_data(
-                sid, bytes(view[i : i + size]), end_stream=end and i + size >= len(view)
-            )
-        await self.flush()
-
-    async def status(self, sid: int) -> str:
-        """The call's ``grpc-status`` (from the headers or the trailers)."""
-        found: dict[str, str] = {}
-        with anyio.fail_after(10):
-            while True:
-                data = await self.sock.receive()
-                for event in self.conn.receive_data(data):
-                    if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
-                        for name, value in event.headers:
-                            found[_text(name)] = _text(value)
-                    elif isinstance(event, h2.events.DataReceived):
-                        self.conn.acknowledge_received_data(
-                            event.flow_controlled_length, event.stream_id
-                        )
-                    if "grpc-status" in found:
-                        return found["grpc-status"]
-                    if isinstance(event, h2.events.StreamReset | h2.events.ConnectionTerminated):
-                        return f"reset ({event})"
-                await self.flush()
-
-    async def aclose(self) -> None:
-        await self.sock.aclose()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-async def _call(port: int, method: str, body: bytes, *, end: bool = True) -> str:
-    h = await _H2.connect(port)
-    try:
-        sid = await h.start(method)
-        await h.send(sid, body, end=end)
-        return await h.status(sid)
-    finally:
-        await h.aclose()
-
-
-async def _closed_by_server(port: int, garbage: bytes, *, preface: bool) -> bool:
-    """Send garbage (after a valid preface if asked); True once the server hangs up."""
-    async with await anyio.connect_tcp("127.0.0.1", port) as sock:
-        if preface:
-            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-            conn.initiate_connection()
-            await sock.send(conn.data_to_send())
-        await sock.send(garbage)
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    await sock.receive()
-                except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
-                    return True
-
-
 async def _vanish_mid_put(port: int) -> None:
-    h = await _H2.connect(port)
+    h = await H2.connect(port)
     sid = await h.start("Put")
     piece = bytes(BlobChunk(data=pseudo_random_bytes(20_000, seed=90)))
     # Two whole messages and half a third: within HTTP/2's initial 64 KiB window.
-    await h.send(sid, (_frame(piece) * 3)[:50_000], end=False)
+    await h.send(sid, (frame(piece) * 3)[:50_000], end=False)
     await h.aclose()  # the TCP connection goes away in the middle of the stream
 
 
 async def _vanish_mid_read(port: int, digest: B3Digest) -> None:
-    h = await _H2.connect(port)
+    h = await H2.connect(port)
     sid = await h.start("Read")
-    await h.send(sid, _frame(bytes(ReadBlobRequest(digest=digest.digest))), end=True)
+    await h.send(sid, frame(bytes(ReadBlobRequest(digest=digest.digest))), end=True)
     with anyio.fail_after(10):
         while not any(
             isinstance(e, h2.events.DataReceived)
@@ -211,13 +105,14 @@ async def _vanish_mid_read(port: int, digest: B3Digest) -> None:
 
 
 MALFORMED = {
-    "Stat, digest of 31 bytes": ("Stat", _frame(bytes(StatBlobRequest(digest=b"\1" * 31))), "3"),
-    "Stat, digest of 0 bytes": ("Stat", _frame(bytes(StatBlobRequest())), "3"),
-    "Read, digest of 33 bytes": ("Read", _frame(bytes(ReadBlobRequest(digest=b"\1" * 33))), "3"),
-    "Stat, undecodable message": ("Stat", _frame(b"\xff\xff\xff\xff"), "3"),
-    "Stat, compressed message": ("Stat", _frame(b"", compressed=True), "12"),
-    "Put, message over the limit": ("Put", _frame(b"x" * 1000, length=5 * MiB), "8"),
-    "an unknown method": ("Nope", _frame(b""), "12"),
+    "Stat, digest of 31 bytes": ("Stat", frame(bytes(StatBlobRequest(digest=b"\1" * 31))), "3"),
+    "Stat, digest of 0 bytes": ("Stat", frame(bytes(StatBlobRequest())), "3"),
+    "Read, digest of 33 bytes": ("Read", frame(bytes(ReadBlobRequest(digest=b"\1" * 33))), "3"),
+    "Stat, undecodable message": ("Stat", frame(b"\xff\xff\xff\xff"), "3"),
+    # Compressed without a grpc-encoding header: a protocol error, INTERNAL by gRPC's rules.
+    "Stat, compressed message": ("Stat", frame(b"", compressed=True), "13"),
+    "Put, message over the limit": ("Put", frame(b"x" * 1000, length=5 * MiB), "8"),
+    "an unknown method": ("Nope", frame(b""), "12"),
 }
 
 
@@ -225,11 +120,11 @@ async def _malformed_forever(port: int, big: B3Digest, tally: dict[str, int]) ->
     """Cycle through the malformed requests until cancelled, checking each answer."""
     while True:
         for name, (method, body, want) in MALFORMED.items():
-            got = await _call(port, method, body, end=name != "Put, message over the limit")
+            got = await call(port, method, body, end=name != "Put, message over the limit")
             assert got == want, f"{name}: grpc-status {got}, expected {want}"
             tally[name] = tally.get(name, 0) + 1
-        assert await _closed_by_server(port, b"GET / HTTP/1.1\r\n\r\n" * 4, preface=False)
-        assert await _closed_by_server(
+        assert await closed_by_server(port, b"GET / HTTP/1.1\r\n\r\n" * 4, preface=False)
+        assert await closed_by_server(
             port, b"\x00\x00\x04\x09\x00\x00\x00\x00\x07junk", preface=True
         )
         tally["garbage instead of HTTP/2"] = tally.get("garbage instead of HTTP/2", 0) + 1

@@ -165,7 +165,10 @@ def test_serve_listens_on_loopback_by_default() -> None:
         assert proc.stderr is not None
         line = proc.stderr.readline().decode()
         assert "listening on grpc+http://127.0.0.1:" in line, line
-        assert _listening(port) == {"0100007F"}  # 127.0.0.1 only, no 0.0.0.0 or [::]
+        # 127.0.0.1 only, no 0.0.0.0 or [::]. grpc listens on an IPv6 socket bound to
+        # 127.0.0.1's IPv4-mapped address (::ffff:127.0.0.1), which is the same address.
+        assert _listening(port) <= {"0100007F", "0000000000000000FFFF00000100007F"}
+        assert _listening(port)
     finally:
         proc.terminate()
         proc.wait(30)

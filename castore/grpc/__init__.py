@@ -1,12 +1,17 @@
-"""castore over gRPC: tvix's ``BlobService`` protocol, server and client.
+"""castore over gRPC: tvix's ``BlobService`` protocol, server and client, on grpc.aio.
 
 - :class:`GRPCBlobService`: a client, from ``grpc+http://host:port``,
   ``grpc+https://host:port`` or ``grpc+unix:///path`` in :func:`castore.from_addr`.
 - :func:`serve`: serve any :class:`~castore.BlobService` on such an address, as an
   async context manager (``castore serve`` on the command line).
-- :class:`BlobServiceServicer`: the grpclib handler, to mount in a server of your own.
+- :class:`BlobServiceServicer`: the handlers, a ``grpc.GenericRpcHandler`` to mount in a
+  grpc.aio server of your own.
 
-Status codes map to castore's errors as tabulated in :mod:`castore.grpc._errors`.
+The modules, one job each: ``client`` (the service), ``_channel`` (building the channel and
+its calls), ``_read`` and ``_put`` (a blob's stream each way), ``_pieces`` (the read
+buffer), ``_servicer`` (the server's handlers), ``server`` (listening, TLS, graceful stop),
+``_wire`` (strict decoding), ``_errors`` (status codes to castore's errors, tabulated
+there) and ``_address`` (the URLs).
 """
 
 from __future__ import annotations

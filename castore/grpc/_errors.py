@@ -22,18 +22,15 @@ anything else (a bug)                       INTERNAL                StoreError
 =========================================  ======================  ==========================
 
 These follow the mapping of Rust's tvix server (``io::ErrorKind`` to ``tonic::Code``).
-Transport failures on the client (refused connection, reset stream, TLS handshake) are
-:class:`~castore.errors.StoreUnavailableError`.
+Transport failures on the client (refused connection, reset stream, TLS handshake) reach
+it as ``UNAVAILABLE`` and are :class:`~castore.errors.StoreUnavailableError`.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
 
-import h2.exceptions
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+import grpc
 
 from castore.errors import (
     BlobNotFoundError,
@@ -47,12 +44,24 @@ from castore.errors import (
     WriteAbortedError,
 )
 
-__all__ = ["from_grpc_error", "status_for", "to_grpc_error"]
+__all__ = ["GRPCStatusError", "call_status", "from_grpc_error", "status_for", "to_grpc_error"]
 
 log = logging.getLogger("castore.grpc")
 
+Status = grpc.StatusCode
+
+
+class GRPCStatusError(Exception):
+    """A status for the server to answer a call with (raised inside its handlers)."""
+
+    def __init__(self, status: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{status.name}: {message}")
+        self.status = status
+        self.message = message
+
+
 # Checked in order: the first class that matches wins, so subclasses come first.
-_TO_STATUS: tuple[tuple[type[BaseException], Status], ...] = (
+_TO_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (DataCorruptionError, Status.DATA_LOSS),
     (BlobNotFoundError, Status.NOT_FOUND),
     (WriteAbortedError, Status.ABORTED),
@@ -68,13 +77,13 @@ _TO_STATUS: tuple[tuple[type[BaseException], Status], ...] = (
 )
 
 
-def status_for(exc: BaseException) -> Status:
+def status_for(exc: BaseException) -> grpc.StatusCode:
     """The status a server answers with when a service raised ``exc``.
 
     Plain ``ValueError`` maps to INVALID_ARGUMENT only when it is castore's own (a bad
     digest, a bad seek); a foreign one is a bug and maps to INTERNAL.
     """
-    if isinstance(exc, GRPCError):
+    if isinstance(exc, GRPCStatusError):
         return exc.status
     for cls, status in _TO_STATUS:
         if isinstance(exc, cls):
@@ -84,22 +93,22 @@ def status_for(exc: BaseException) -> Status:
     return Status.INTERNAL
 
 
-def to_grpc_error(exc: BaseException, what: str) -> GRPCError:
-    """A :class:`GRPCError` to raise from a handler in place of ``exc``.
+def to_grpc_error(exc: BaseException, what: str) -> GRPCStatusError:
+    """A :class:`GRPCStatusError` to raise from a handler in place of ``exc``.
 
     ``what`` names the call and digest for the message the client sees. Unexpected
     errors (INTERNAL) are logged with their traceback here, since the client only gets
     the message.
     """
-    if isinstance(exc, GRPCError):
+    if isinstance(exc, GRPCStatusError):
         return exc
     status = status_for(exc)
     if status is Status.INTERNAL:
         log.error("%s failed unexpectedly", what, exc_info=exc)
-    return GRPCError(status, f"{what}: {type(exc).__name__}: {exc}")
+    return GRPCStatusError(status, f"{what}: {type(exc).__name__}: {exc}")
 
 
-_FROM_STATUS: dict[Status, type[CastoreError]] = {
+_FROM_STATUS: dict[grpc.StatusCode, type[CastoreError]] = {
     Status.INVALID_ARGUMENT: InvalidDigestError,
     Status.NOT_FOUND: BlobNotFoundError,
     Status.DATA_LOSS: DataCorruptionError,
@@ -111,8 +120,18 @@ _FROM_STATUS: dict[Status, type[CastoreError]] = {
 }
 
 
+def call_status(exc: BaseException) -> grpc.StatusCode | None:
+    """The status of a failed call (``grpc.aio.AioRpcError``), or ``None`` for other errors."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        code: grpc.StatusCode = exc.code()
+        return code
+    if isinstance(exc, GRPCStatusError):
+        return exc.status
+    return None
+
+
 def from_grpc_error(exc: BaseException, what: str) -> BaseException:
-    """Translate what a grpclib call raised into castore's tree.
+    """Translate what a gRPC call raised into castore's tree.
 
     ``what`` names the call (``"Stat blake3-…"``) and the server, for the message.
     ``CancelledError`` and other ``BaseException`` that are not errors pass through
@@ -120,14 +139,18 @@ def from_grpc_error(exc: BaseException, what: str) -> BaseException:
     """
     if isinstance(exc, CastoreError) or not isinstance(exc, Exception):
         return exc
-    if isinstance(exc, GRPCError):
-        cls = _FROM_STATUS.get(exc.status, StoreError)
-        detail = f": {exc.message}" if exc.message else ""
-        return cls(f"{what}: {exc.status.name}{detail}")
+    status = call_status(exc)
+    if status is not None:
+        cls = _FROM_STATUS.get(status, StoreError)
+        if isinstance(exc, grpc.aio.AioRpcError):
+            message = exc.details() or ""
+        else:
+            assert isinstance(exc, GRPCStatusError)
+            message = exc.message
+        detail = f": {message}" if message else ""
+        return cls(f"{what}: {status.name}{detail}")
     if isinstance(exc, TimeoutError):
         return StoreTimeoutError(f"{what}: deadline exceeded")
-    if isinstance(exc, ssl.SSLError):
-        return StoreUnavailableError(f"{what}: TLS failed: {exc}")
-    if isinstance(exc, OSError | StreamTerminatedError | ProtocolError | h2.exceptions.H2Error):
+    if isinstance(exc, OSError):
         return StoreUnavailableError(f"{what}: {type(exc).__name__}: {exc}")
     return StoreError(f"{what}: {type(exc).__name__}: {exc}")

@@ -14,6 +14,12 @@ message castore receives is therefore decoded here, by the rules google.protobuf
 
 The tests hold this decoder against google.protobuf on arbitrary bytes: both accept with
 equal values, or both reject.
+
+grpc.aio calls a method's deserializer on every received message, but a deserializer that
+raises is not an error it reports: the server answers ``UNKNOWN`` with a logged traceback,
+the client gets ``None`` in place of the message. So :func:`deserializer` returns the
+:class:`MalformedMessageError` instead of raising it, and :func:`checked` raises it where
+the message is used: the server answers ``INVALID_ARGUMENT``, the client raises.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import betterproto2
-from grpclib.encoding.proto import ProtoCodec
 
 from castore._proto.tvix.castore.v1 import (
     BlobChunk,
@@ -35,7 +40,7 @@ from castore._proto.tvix.castore.v1 import (
 )
 from castore.errors import MalformedMessageError
 
-__all__ = ["StrictProtoCodec", "decode"]
+__all__ = ["checked", "decode", "deserializer", "encode", "encode_blob_chunk"]
 
 _M = TypeVar("_M", bound=betterproto2.Message)
 
@@ -208,13 +213,42 @@ def _message(data: bytes, pos: int, end: int, schema: _Schema, depth: int) -> An
     return schema.build(**values)
 
 
-class StrictProtoCodec(ProtoCodec):
-    """grpclib's protobuf codec with :func:`decode` in place of the message's own parse.
+def deserializer(message_type: type[_M]) -> Callable[[bytes], _M | MalformedMessageError]:
+    """A grpc.aio deserializer that decodes strictly and returns, not raises, the error."""
 
-    The client's channel uses it, so a malformed answer raises
-    :class:`MalformedMessageError`; the server reads its requests through :func:`decode`
-    too and answers ``INVALID_ARGUMENT``.
+    def parse(data: bytes) -> _M | MalformedMessageError:
+        try:
+            return decode(message_type, data)
+        except MalformedMessageError as e:
+            return e
+
+    return parse
+
+
+def checked(received: _M | MalformedMessageError) -> _M:
+    """The message a deserializer made, or its :class:`MalformedMessageError` raised."""
+    if isinstance(received, MalformedMessageError):
+        raise received
+    return received
+
+
+def encode(message: betterproto2.Message) -> bytes:
+    """A message's wire bytes (the serializer of the calls that send whole messages)."""
+    return bytes(message)
+
+
+def encode_blob_chunk(data: bytes | bytearray | memoryview) -> bytes:
+    """``BlobChunk(data=data)`` on the wire, with one copy of ``data``.
+
+    The serializer of ``Put`` (client) and ``Read`` (server), which send payloads of
+    256 KiB: encoding through the message class would copy each payload again.
     """
-
-    def decode(self, data: bytes, message_type: Any) -> Any:
-        return decode(message_type, data)
+    n = len(data)
+    if n == 0:
+        return b""  # proto3 leaves a field at its default value out
+    head = bytearray(b"\x0a")
+    while n > 0x7F:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return b"".join((head, data))

@@ -1,51 +1,38 @@
 """``GRPCBlobService``: a :class:`~castore.BlobService` that talks to a remote gRPC server.
 
 It speaks ``tvix.castore.v1.BlobService`` (or the snix paths) to any server of that
-protocol: castore's own, tvix's or snix's. Unlike Rust's client it never holds a whole
-blob in memory:
+protocol: castore's own, tvix's or snix's, over grpc.aio. Unlike Rust's client it never
+holds a whole blob in memory:
 
 - ``open_read`` asks ``Stat`` for the chunk list. A blob of two or more chunks is read
   through :class:`~castore.ChunkedReader`, one ``Read`` per chunk (each verified, a few
-  fetched ahead). Otherwise the blob is read from one ``Read`` stream: up to
-  ``small_blob_size`` bytes are collected and verified before the reader is returned; a
-  larger stream is hashed as it goes and its last bytes are held back until the end of
-  the stream proves the BLAKE3 digest, so wrong data raises
-  :class:`~castore.errors.DigestMismatchError` instead of completing silently.
-- ``open_write`` streams ``Put`` as it is written, waiting on HTTP/2 flow control
-  (backpressure), and checks the digest the server answers against its own.
+  fetched ahead). Otherwise the blob is read from one ``Read`` stream
+  (:mod:`castore.grpc._read`): up to ``small_blob_size`` bytes are collected and verified
+  before the reader is returned; a larger stream is hashed as it goes and its last bytes
+  are held back until the end of the stream proves the BLAKE3 digest.
+- ``open_write`` streams ``Put`` as it is written (:mod:`castore.grpc._put`).
 
-Connections are made lazily at the first call (``wait_connect`` / ``?wait-connect=1``
-starts connecting at once, and ``await service.connect()`` reports a failure).
+The channel (:mod:`castore.grpc._channel`) is made at the first call, in the running
+event loop (a grpc.aio channel belongs to one loop); ``wait_connect`` /
+``?wait-connect=1`` starts connecting at once, and ``await service.connect()`` reports a
+failure.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import io
 import logging
-import ssl
 from typing import Any
 from urllib.parse import SplitResult
 
-import anyio.lowlevel
-import anyio.to_thread
-import blake3
-from grpclib.client import Channel, Stream
-from grpclib.config import Configuration
-from grpclib.const import Cardinality, Status
-from grpclib.exceptions import GRPCError
+import anyio
+import grpc
+import grpc.aio
 
 from castore._digest import B3Digest, ChunkMeta, DigestLike
-from castore._proto.tvix.castore.v1 import (
-    BlobChunk,
-    PutBlobResponse,
-    ReadBlobRequest,
-    StatBlobRequest,
-    StatBlobResponse,
-)
-from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader, seek_target
+from castore._proto.tvix.castore.v1 import StatBlobRequest, StatBlobResponse
+from castore.blobservice import BlobReader, BlobService, BlobWriter, BytesReader
 from castore.errors import (
     BlobNotFoundError,
     CastoreError,
@@ -53,11 +40,14 @@ from castore.errors import (
     InvalidAddressError,
     InvalidDigestError,
     MalformedIndexError,
-    StoreError,
+    StoreUnavailableError,
 )
 from castore.grpc._address import Endpoint, parse_endpoint, parse_flag
-from castore.grpc._errors import from_grpc_error
-from castore.grpc._wire import StrictProtoCodec
+from castore.grpc._channel import Calls, ChannelConfig, open_channel
+from castore.grpc._errors import call_status, from_grpc_error
+from castore.grpc._put import PutWriter
+from castore.grpc._read import ReadCall, StreamReader
+from castore.grpc._wire import checked
 from castore.reader import DEFAULT_PREFETCH, ChunkedReader
 from castore.registry import register_scheme
 
@@ -80,34 +70,22 @@ DEFAULT_TIMEOUT = 60.0
 
 PACKAGE_ALIASES = {"tvix": "tvix.castore.v1", "snix": "snix.castore.v1"}
 
-# Hash pieces at least this large in a worker thread instead of on the event loop.
-_THREAD_HASH_MIN = 4 * 1024 * 1024
-
-_AnyStream = Stream[Any, Any]
-
-
-def client_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
-    """A TLS context for connecting (blocking: it reads certificate files).
-
-    Verifies the server against ``ca_file`` (PEM), or the system's trust store.
-    """
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["h2"])
-    return ctx
+_READY = grpc.ChannelConnectivity.READY
+_FAILED = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
 
 
 class GRPCBlobService(BlobService):
     """A :class:`~castore.BlobService` served by a remote ``BlobService`` over gRPC.
 
-    Give a TCP ``host`` and ``port`` or a unix socket ``path``; ``tls`` (or an
-    ``ssl_context``) for TLS, checked against ``ca_file`` and, when the certificate names
-    another host, ``server_name``. ``package`` picks the method paths (``tvix.castore.v1``
-    or ``snix.castore.v1``). ``timeout`` (60 s unless told otherwise, ``None`` for no
-    bound) is the deadline of each ``Stat`` and each chunk fetch and, for a blob streamed
-    whole, how long the reader waits for the next message; a server that stops answering
-    raises :class:`~castore.errors.StoreTimeoutError` rather than hanging a reader.
-    ``prefetch`` is how many chunks the chunked reader fetches ahead.
+    Give a TCP ``host`` and ``port`` or a unix socket ``path``; ``tls`` for TLS, checked
+    against ``ca_file`` (PEM; grpc's bundled root certificates otherwise) and, when the
+    certificate names another host, ``server_name``; or ready-made grpc ``credentials``.
+    ``package`` picks the method paths (``tvix.castore.v1`` or ``snix.castore.v1``).
+    ``timeout`` (60 s unless told otherwise, ``None`` for no bound) is the deadline of each
+    ``Stat`` and each chunk fetch and, for a blob streamed whole, how long the reader
+    waits for the next message; a server that stops answering raises
+    :class:`~castore.errors.StoreTimeoutError` rather than hanging a reader. ``prefetch``
+    is how many chunks the chunked reader fetches ahead.
 
     From a URL: ``grpc+http://host:port``, ``grpc+https://host:port``,
     ``grpc+unix:///path``, with options ``wait-connect=1``, ``ca-file=PATH``,
@@ -121,7 +99,7 @@ class GRPCBlobService(BlobService):
         *,
         path: str | None = None,
         tls: bool = False,
-        ssl_context: ssl.SSLContext | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         ca_file: str | None = None,
         server_name: str | None = None,
         wait_connect: bool = False,
@@ -130,24 +108,29 @@ class GRPCBlobService(BlobService):
         prefetch: int = DEFAULT_PREFETCH,
         put_message_size: int = DEFAULT_PUT_MESSAGE_SIZE,
         small_blob_size: int = DEFAULT_SMALL_BLOB_SIZE,
+        ssl_context: Any = None,
     ) -> None:
         if (path is None) == (host is None or port is None):
             raise InvalidAddressError("give either a host and a port, or a unix socket path")
         if put_message_size < 1:
             raise ValueError(f"put_message_size must be positive, got {put_message_size}")
-        tls = tls or ssl_context is not None
+        if ssl_context is not None:
+            raise TypeError(
+                "ssl_context is not supported: castore's gRPC client runs on grpcio, which "
+                "takes certificates, not an ssl.SSLContext; give ca_file= (and server_name=) "
+                "or credentials=grpc.ssl_channel_credentials(...)"
+            )
+        tls = tls or credentials is not None
         self.endpoint = Endpoint(host=host, port=port, path=path, tls=tls)
-        self._ssl_context = ssl_context
-        self._ca_file = ca_file
-        self._server_name = server_name
+        self._config = ChannelConfig(self.endpoint, ca_file, server_name, credentials)
         self._wait_connect = wait_connect
         self._timeout = timeout
         self.package = PACKAGE_ALIASES.get(package, package)
         self._prefetch = prefetch
         self._put_message_size = put_message_size
         self._small_blob_size = small_blob_size
-        self._channel: Channel | None = None
-        self._channel_loop: asyncio.AbstractEventLoop | None = None
+        self._calls: Calls | None = None
+        self._calls_loop: asyncio.AbstractEventLoop | None = None
         self._eager: asyncio.Task[None] | None = None
 
     @classmethod
@@ -196,41 +179,34 @@ class GRPCBlobService(BlobService):
 
     # Connection.
 
-    async def _get_channel(self) -> Channel:
+    async def _get_calls(self) -> Calls:
+        """The calls on this loop's channel, opening the channel on first use."""
         loop = asyncio.get_running_loop()
-        if self._channel is not None and self._channel_loop is loop:
-            return self._channel
-        context = None
-        if self.endpoint.tls:
-            if self._ssl_context is None:
-                self._ssl_context = await anyio.to_thread.run_sync(
-                    client_ssl_context, self._ca_file
-                )
-            context = self._ssl_context
-        if self._channel is not None and self._channel_loop is loop:
-            return self._channel  # another task made it while we were loading certificates
-        self._drop_channel()
-        config = Configuration(ssl_target_name_override=self._server_name)
-        if self.endpoint.path is not None:
-            channel = Channel(
-                path=self.endpoint.path, ssl=context, config=config, codec=StrictProtoCodec()
-            )
-        else:
-            channel = Channel(
-                self.endpoint.host,
-                self.endpoint.port,
-                ssl=context,
-                config=config,
-                codec=StrictProtoCodec(),
-            )
-        self._channel, self._channel_loop = channel, loop
-        return channel
+        if self._calls is not None and self._calls_loop is loop:
+            return self._calls
+        channel = await open_channel(self._config)
+        if self._calls is not None and self._calls_loop is loop:
+            await channel.close()  # another task made one while we read certificates
+            return self._calls
+        await self._drop_channel()
+        self._calls, self._calls_loop = Calls(channel, self.package), loop
+        return self._calls
 
-    def _drop_channel(self) -> None:
-        channel, self._channel, self._channel_loop = self._channel, None, None
-        if channel is not None:
-            with contextlib.suppress(Exception):  # its loop may be closed already
-                channel.close()
+    async def _drop_channel(self) -> None:
+        calls, loop = self._calls, self._calls_loop
+        self._calls = self._calls_loop = None
+        if calls is None:
+            return
+        try:
+            same_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            same_loop = False
+        if not same_loop:
+            # A channel of another (finished) event loop cannot be closed from this one;
+            # grpc releases it when it is collected.
+            return
+        with contextlib.suppress(Exception):
+            await calls.channel.close()
 
     def start_connecting(self) -> None:
         """Begin connecting in the background now (``wait-connect=1``); no-op without a
@@ -252,19 +228,30 @@ class GRPCBlobService(BlobService):
         """Connect now rather than at the first call.
 
         Raises :class:`~castore.errors.StoreUnavailableError` if the server cannot be
-        reached (or the TLS handshake fails).
+        reached (or the TLS handshake fails), and
+        :class:`~castore.errors.StoreTimeoutError` if connecting takes longer than the
+        timeout.
         """
+        what = f"connecting to {self.url}"
         try:
-            channel = await self._get_channel()
-            await channel.__connect__()
+            channel = (await self._get_calls()).channel
+            with anyio.fail_after(self._timeout):
+                state = channel.get_state(try_to_connect=True)
+                while state is not _READY:
+                    # A failed attempt leaves the channel in TRANSIENT_FAILURE until one
+                    # succeeds (grpc retries in the background, within a second or two).
+                    if state in _FAILED:
+                        raise StoreUnavailableError(f"{what}: the connection failed")
+                    await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
         except Exception as e:
-            raise from_grpc_error(e, f"connecting to {self.url}") from e
+            raise from_grpc_error(e, what) from e
 
     @property
     def connected(self) -> bool:
         """Whether a connection to the server is open right now."""
-        channel = self._channel
-        return channel is not None and channel._connected
+        calls = self._calls
+        return calls is not None and calls.channel.get_state() is _READY
 
     async def __aenter__(self) -> GRPCBlobService:
         if self._wait_connect:
@@ -278,10 +265,7 @@ class GRPCBlobService(BlobService):
             with contextlib.suppress(BaseException):
                 await self._eager
         self._eager = None
-        self._drop_channel()
-
-    def _path(self, method: str) -> str:
-        return f"/{self.package}.BlobService/{method}"
+        await self._drop_channel()
 
     def _what(self, call: str, digest: B3Digest | None = None) -> str:
         target = f" {digest}" if digest is not None else ""
@@ -291,27 +275,14 @@ class GRPCBlobService(BlobService):
 
     async def _stat(self, digest: B3Digest, send_chunks: bool) -> StatBlobResponse | None:
         what = self._what("Stat", digest)
+        request = StatBlobRequest(digest=digest.digest, send_chunks=send_chunks)
         try:
-            channel = await self._get_channel()
-            async with channel.request(
-                self._path("Stat"),
-                Cardinality.UNARY_UNARY,
-                StatBlobRequest,
-                StatBlobResponse,
-                timeout=self._timeout,
-            ) as stream:
-                request = StatBlobRequest(digest=digest.digest, send_chunks=send_chunks)
-                await stream.send_message(request, end=True)
-                response: StatBlobResponse | None = await stream.recv_message()
-        except GRPCError as e:
-            if e.status is Status.NOT_FOUND:
+            calls = await self._get_calls()
+            return checked(await calls.stat(request, timeout=self._timeout))
+        except Exception as e:
+            if call_status(e) is grpc.StatusCode.NOT_FOUND:
                 return None
             raise from_grpc_error(e, what) from e
-        except Exception as e:
-            raise from_grpc_error(e, what) from e
-        if response is None:
-            raise StoreError(f"{what}: the server sent no response")
-        return response
 
     async def has(self, digest: DigestLike) -> bool:
         digest = B3Digest.coerce(digest)
@@ -337,7 +308,12 @@ class GRPCBlobService(BlobService):
                 chunks, self._fetch_chunk, prefetch=self._prefetch, blob_digest=digest
             )
         size = chunks[0].size if chunks else None
-        reader = _StreamReader(self, digest, size)
+
+        async def start() -> ReadCall | None:
+            calls = await self._get_calls()
+            return await ReadCall.start(calls, digest, deadline=None, idle=self._timeout)
+
+        reader = StreamReader(start, digest, size, self._what("Read", digest))
         try:
             if not await reader.prime(self._small_blob_size):
                 return None  # deleted between Stat and Read
@@ -351,424 +327,27 @@ class GRPCBlobService(BlobService):
     async def _fetch_chunk(self, meta: ChunkMeta) -> bytes:
         """One chunk's bytes, read whole (a chunk is at most 1 MiB); verified by the caller."""
         what = self._what("Read", meta.digest)
-        call = await _ReadCall.start(self, meta.digest, self._timeout)
-        if call is None:
-            raise BlobNotFoundError(f"{what}: chunk not found")
-        parts: list[bytes] = []
-        total = 0
         try:
+            calls = await self._get_calls()
+            call = await ReadCall.start(calls, meta.digest, deadline=self._timeout, idle=None)
+            if call is None:
+                raise BlobNotFoundError(f"{what}: chunk not found")
+            parts: list[bytes] = []
+            total = 0
             while (data := await call.next()) is not None:
                 total += len(data)
                 if total > meta.size:
+                    call.cancel()
                     raise DigestMismatchError(
                         f"{what}: the server sent more than the chunk's {meta.size} bytes"
                     )
                 parts.append(data)
-        except BaseException as e:
-            await call.cancel()
-            if isinstance(e, Exception):
-                raise from_grpc_error(e, what) from e
-            raise
-        return b"".join(parts)
+        except Exception as e:
+            raise from_grpc_error(e, what) from e
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def open_write(self) -> BlobWriter:
-        return _PutWriter(self)
-
-
-class _ReadCall:
-    """One ``Read`` call, held open across the reader's calls."""
-
-    def __init__(self, stream: _AnyStream, idle: float | None) -> None:
-        self._stream = stream
-        self._open = True
-        # Without a deadline (a blob streamed whole), each message must come this soon.
-        self._idle = idle
-
-    @classmethod
-    async def start(
-        cls, service: GRPCBlobService, digest: B3Digest, deadline_s: float | None
-    ) -> _ReadCall | None:
-        """Send the request and wait for the response headers; ``None`` on NOT_FOUND."""
-        what = service._what("Read", digest)
-        try:
-            channel = await service._get_channel()
-            stream = channel.request(
-                service._path("Read"),
-                Cardinality.UNARY_STREAM,
-                ReadBlobRequest,
-                BlobChunk,
-                timeout=deadline_s,
-            )
-            await stream.__aenter__()
-            call = cls(stream, service._timeout if deadline_s is None else None)
-            try:
-                with anyio.fail_after(call._idle):
-                    await stream.send_message(ReadBlobRequest(digest=digest.digest), end=True)
-                    # A missing blob is a trailers-only response: it raises here.
-                    await stream.recv_initial_metadata()
-            except BaseException as e:
-                await call._exit(e)
-                raise
-        except GRPCError as e:
-            if e.status is Status.NOT_FOUND:
-                return None
-            raise from_grpc_error(e, what) from e
-        except Exception as e:
-            raise from_grpc_error(e, what) from e
-        return call
-
-    async def _exit(self, exc: BaseException | None) -> None:
-        """Leave the grpclib stream's context; raises the call's error status, if any."""
-        if not self._open:
-            return
-        self._open = False
-        if exc is None:
-            await self._stream.__aexit__(None, None, None)
-        else:
-            await self._stream.__aexit__(type(exc), exc, exc.__traceback__)
-
-    async def next(self) -> bytes | None:
-        """The next message's bytes; ``None`` at a clean end. Raises grpclib's errors."""
-        try:
-            with anyio.fail_after(self._idle):
-                message: BlobChunk | None = await self._stream.recv_message()
-            if message is None:
-                await self._exit(None)  # reads the trailers: raises a non-OK status
-                return None
-        except BaseException as e:
-            await self._exit(e)
-            raise
-        return message.data
-
-    async def cancel(self) -> None:
-        """Abandon the call (the server sees a reset stream). Never raises."""
-        with contextlib.suppress(Exception):
-            await self._exit(asyncio.CancelledError())
-
-
-class _StreamReader(BlobReader):
-    """A blob read from ``Read`` streams, BLAKE3-verified over each whole stream.
-
-    Forward seeks skip through the stream (the skipped bytes are still hashed); a seek
-    backwards, or a read after an error, starts a new stream. The last bytes of a stream
-    are not returned until its end has been seen and the digest checked.
-    """
-
-    def __init__(self, service: GRPCBlobService, digest: B3Digest, size: int | None) -> None:
-        self._service = service
-        self._digest = digest
-        self._expected = size
-        self._length = size
-        self._pos = 0
-        self._call: _ReadCall | None = None
-        self._buf = _Pieces()  # received, not yet returned; starts at stream offset _buf_start
-        self._buf_start = 0
-        self._received = 0
-        self._hasher = blake3.blake3(max_threads=1)
-        self._eof = False  # the current stream ended and verified
-        self._closed = False
-        self._what = service._what("Read", digest)
-
-    @property
-    def complete(self) -> bool:
-        """The whole blob is buffered and verified."""
-        return self._eof and self._buf_start == 0
-
-    def take_all(self) -> bytes:
-        return self._buf.take(len(self._buf))
-
-    async def prime(self, limit: int) -> bool:
-        """Start the stream and buffer up to ``limit`` bytes; False if the blob is absent."""
-        if not await self._restart():
-            return False
-        while not self._eof and len(self._buf) < limit:
-            await self._fill()
-        return True
-
-    async def _restart(self) -> bool:
-        await self._drop_call()
-        self._buf.clear()
-        self._buf_start = 0
-        self._received = 0
-        self._hasher = blake3.blake3(max_threads=1)
-        self._eof = False
-        call = await _ReadCall.start(self._service, self._digest, None)
-        if call is None:
-            return False
-        self._call = call
-        return True
-
-    async def _drop_call(self) -> None:
-        call, self._call = self._call, None
-        if call is not None:
-            await call.cancel()
-
-    async def _fill(self) -> None:
-        """Receive one message into the buffer, or reach and verify the end."""
-        call = self._call
-        assert call is not None
-        try:
-            data = await call.next()
-            if data is None:
-                self._call = None
-                self._check_end()
-                self._eof = True
-                self._length = self._received
-                return
-            self._received += len(data)
-            if self._expected is not None and self._received > self._expected:
-                raise DigestMismatchError(
-                    f"{self._what}: the server sent more than the blob's {self._expected} bytes"
-                )
-            if len(data) >= _THREAD_HASH_MIN:
-                await anyio.to_thread.run_sync(self._hasher.update, data)
-            else:
-                self._hasher.update(data)
-            self._buf.append(data)
-        except BaseException as e:
-            # Forget this pass: nothing unverified stays buffered, the next read restarts.
-            await self._drop_call()
-            self._buf.clear()
-            self._buf_start = 0
-            self._eof = False
-            if isinstance(e, Exception):
-                raise from_grpc_error(e, self._what) from e
-            raise
-
-    def _check_end(self) -> None:
-        if self._expected is not None and self._received != self._expected:
-            raise DigestMismatchError(
-                f"{self._what}: got {self._received} bytes, expected {self._expected}"
-            )
-        actual = self._hasher.digest()
-        if actual != self._digest.digest:
-            raise DigestMismatchError(f"{self._what}: the bytes received hash to {actual.hex()}")
-
-    async def _ensure_call(self) -> None:
-        if self._call is None and not self._eof and not await self._restart():
-            raise BlobNotFoundError(f"{self._what}: the blob disappeared")
-
-    async def read(self, n: int = -1) -> bytes:
-        if self._closed:
-            raise ValueError("read() on a closed reader")
-        target = self._pos
-        if n == 0 or (self._length is not None and target >= self._length):
-            return b""
-        if target < self._buf_start:
-            self._eof = False
-            await self._drop_call()
-        await self._ensure_call()
-        # Skip forward to the target.
-        while target - self._buf_start > len(self._buf):
-            self._buf_start += len(self._buf)
-            self._buf.clear()
-            if self._eof:
-                return b""  # past the end
-            await self._fill()
-        self._buf.skip(target - self._buf_start)
-        self._buf_start = target
-        # Gather n bytes and one more (or the end), so the blob's last bytes go out only
-        # once the stream's digest has been checked.
-        while not self._eof and (n < 0 or len(self._buf) <= n):
-            await self._fill()
-        take = len(self._buf) if n < 0 else min(n, len(self._buf))
-        out = self._buf.take(take)
-        self._buf_start += take
-        self._pos += take
-        return out
-
-    async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_END and self._length is None:
-            await self._drain()
-        target = seek_target(offset, whence, self._pos, self._length or 0)
-        self._pos = target  # past the end is allowed and reads b""
-        return target
-
-    async def _drain(self) -> None:
-        """Read to the end of the stream, to learn the blob's length."""
-        await self._ensure_call()
-        while not self._eof:
-            self._buf_start += len(self._buf)
-            self._buf.clear()
-            await self._fill()
-
-    def tell(self) -> int:
-        return self._pos
-
-    async def aclose(self) -> None:
-        self._closed = True
-        self._buf.clear()
-        await self._drop_call()
-
-
-class _Pieces:
-    """Bytes received and not yet returned, kept as the messages' own ``bytes`` so that a
-    read costs one copy at most (none when it takes exactly one message)."""
-
-    def __init__(self) -> None:
-        self._parts: collections.deque[bytes] = collections.deque()
-        self._head = 0  # bytes of _parts[0] already consumed
-        self._size = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def append(self, data: bytes) -> None:
-        if data:
-            self._parts.append(data)
-            self._size += len(data)
-
-    def clear(self) -> None:
-        self._parts.clear()
-        self._head = 0
-        self._size = 0
-
-    def skip(self, n: int) -> None:
-        """Drop the first ``n`` bytes (at most ``len(self)``)."""
-        self._size -= n
-        while n:
-            first = self._parts[0]
-            left = len(first) - self._head
-            if n < left:
-                self._head += n
-                return
-            n -= left
-            self._parts.popleft()
-            self._head = 0
-
-    def take(self, n: int) -> bytes:
-        """Remove and return the first ``n`` bytes (at most ``len(self)``)."""
-        if n == 0:
-            return b""
-        first = self._parts[0]
-        if self._head == 0 and len(first) == n:
-            self._parts.popleft()
-            self._size -= n
-            return first
-        if len(first) - self._head >= n:
-            out = first[self._head : self._head + n]
-            self.skip(n)
-            return out
-        pieces: list[memoryview] = []
-        want, head = n, self._head
-        for part in self._parts:
-            view = memoryview(part)[head : head + want]
-            pieces.append(view)
-            want -= len(view)
-            head = 0
-            if not want:
-                break
-        out = b"".join(pieces)
-        self.skip(n)
-        return out
-
-
-class _PutWriter(BlobWriter):
-    """Streams ``Put`` as it is written; gathers small writes into larger messages."""
-
-    def __init__(self, service: GRPCBlobService) -> None:
-        self._service = service
-        self._stream: _AnyStream | None = None
-        self._pending = bytearray()
-        self._hasher = blake3.blake3(max_threads=1)
-        self._size = service._put_message_size
-        self._what = service._what("Put")
-        self._quiet = 0
-
-    async def _open(self) -> _AnyStream:
-        if self._stream is None:
-            channel = await self._service._get_channel()
-            stream = channel.request(
-                self._service._path("Put"),
-                Cardinality.STREAM_UNARY,
-                BlobChunk,
-                PutBlobResponse,
-            )
-            await stream.__aenter__()
-            self._stream = stream
-            await stream.send_request()
-        return self._stream
-
-    async def _fail(self, exc: Exception) -> BaseException:
-        """Tear the call down and find the error to raise (the server's status if any)."""
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                await stream.__aexit__(type(exc), exc, exc.__traceback__)
-            except Exception as status:  # the server's reason, from its trailers
-                exc = status
-        return from_grpc_error(exc, self._what)
-
-    async def _write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        if len(view) >= _THREAD_HASH_MIN:
-            await anyio.to_thread.run_sync(self._hasher.update, view)
-        else:
-            self._hasher.update(view)
-        try:
-            stream = await self._open()
-            size = self._size
-            start = 0
-            if self._pending:
-                start = min(len(view), size - len(self._pending))
-                self._pending += view[:start]
-                if len(self._pending) < size:
-                    await self._gathered()
-                    return
-                await stream.send_message(BlobChunk(data=bytes(self._pending)))
-                self._pending.clear()
-            while len(view) - start >= size:
-                await stream.send_message(BlobChunk(data=bytes(view[start : start + size])))
-                start += size
-            self._pending += view[start:]
-        except Exception as e:
-            raise await self._fail(e) from e
-        self._quiet = 0
-
-    async def _gathered(self) -> None:
-        # Many small writes only gather bytes and never wait on the network; let the event
-        # loop run now and then so that a loop of tiny writes does not stall it.
-        self._quiet += 1
-        if self._quiet >= 64:
-            self._quiet = 0
-            await anyio.lowlevel.checkpoint()
-
-    async def _finish(self) -> B3Digest:
-        try:
-            stream = await self._open()
-            if self._pending:
-                await stream.send_message(BlobChunk(data=bytes(self._pending)), end=True)
-                self._pending.clear()
-            else:
-                await stream.end()
-            response: PutBlobResponse | None = await stream.recv_message()
-            self._stream = None
-            await stream.__aexit__(None, None, None)  # reads the trailers
-        except Exception as e:
-            raise await self._fail(e) from e
-        if response is None:
-            raise StoreError(f"{self._what}: the server sent no digest")
-        try:
-            digest = B3Digest(response.digest)
-        except InvalidDigestError as e:
-            raise StoreError(f"{self._what}: the server answered a bad digest: {e}") from e
-        ours = self._hasher.digest()
-        if digest.digest != ours:
-            raise DigestMismatchError(
-                f"{self._what}: the server stored {digest.hex()}, the bytes sent hash to "
-                f"{ours.hex()}"
-            )
-        return digest
-
-    async def _abort(self) -> None:
-        self._pending = bytearray()
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            # Leaving the context with an error resets the HTTP/2 stream: the server sees
-            # a broken upload and stores nothing.
-            with contextlib.suppress(Exception):
-                exc = asyncio.CancelledError()
-                await stream.__aexit__(type(exc), exc, None)
+        return PutWriter(self._get_calls, self._put_message_size, self._what("Put"))
 
 
 def _from_url(parts: SplitResult) -> BlobService:

@@ -16,6 +16,7 @@ from typing import Any
 
 import blake3
 import grpc
+import grpc.aio
 import pytest
 from grpcio_support import (
     DICT_CHUNK,
@@ -244,22 +245,13 @@ async def test_castore_client_reads_grpcio_chunks_and_sees_its_errors(
         assert not await client.has(B3Digest.of(b"absent"))
 
     # A digest the grpcio server rejects: castore's client cannot even build one, so ask
-    # through the raw channel the client uses.
-    from grpclib.const import Cardinality
-    from grpclib.exceptions import GRPCError
-
-    from castore._proto.tvix.castore.v1 import StatBlobRequest, StatBlobResponse
+    # through the calls the client uses.
+    from castore._proto.tvix.castore.v1 import StatBlobRequest
     from castore.grpc._errors import from_grpc_error
 
     async with GRPCBlobService.from_url(dict_server.tcp_url) as client:
-        channel = await client._get_channel()
-        with pytest.raises(GRPCError) as info:
-            async with channel.request(
-                "/tvix.castore.v1.BlobService/Stat",
-                Cardinality.UNARY_UNARY,
-                StatBlobRequest,
-                StatBlobResponse,
-            ) as stream:
-                await stream.send_message(StatBlobRequest(digest=b"short"), end=True)
-                await stream.recv_message()
+        calls = await client._get_calls()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await calls.stat(StatBlobRequest(digest=b"short"))
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert isinstance(from_grpc_error(info.value, "Stat"), InvalidDigestError)

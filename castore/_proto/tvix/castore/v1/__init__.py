@@ -5,8 +5,6 @@
 
 __all__ = (
     "BlobChunk",
-    "BlobServiceBase",
-    "BlobServiceStub",
     "PutBlobResponse",
     "ReadBlobRequest",
     "StatBlobRequest",
@@ -14,20 +12,11 @@ __all__ = (
     "StatBlobResponseChunkMeta",
 )
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import betterproto2
-import grpclib
-from betterproto2 import grpclib as betterproto2_grpclib
 
 from ....message_pool import default_message_pool
-
-if TYPE_CHECKING:
-    import grpclib.server
-    from betterproto2.grpclib.grpclib_client import MetadataLike
-    from grpclib.metadata import Deadline
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
@@ -109,138 +98,3 @@ class StatBlobResponseChunkMeta(betterproto2.Message):
 default_message_pool.register_message(
     "tvix.castore.v1", "StatBlobResponse.ChunkMeta", StatBlobResponseChunkMeta
 )
-
-
-class BlobServiceStub(betterproto2_grpclib.ServiceStub):
-    async def stat(
-        self,
-        message: "StatBlobRequest",
-        *,
-        timeout: "float | None" = None,
-        deadline: "Deadline | None" = None,
-        metadata: "MetadataLike | None" = None,
-    ) -> "StatBlobResponse":
-        """
-        Stat asks whether a blob exists and, when asked, lists its chunks.
-        """
-
-        return await self._unary_unary(
-            "/tvix.castore.v1.BlobService/Stat",
-            message,
-            StatBlobResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def read(
-        self,
-        message: "ReadBlobRequest",
-        *,
-        timeout: "float | None" = None,
-        deadline: "Deadline | None" = None,
-        metadata: "MetadataLike | None" = None,
-    ) -> "AsyncIterator[BlobChunk]":
-        """
-        Read streams a blob's bytes. A missing blob is NOT_FOUND before any message.
-        """
-
-        async for response in self._unary_stream(
-            "/tvix.castore.v1.BlobService/Read",
-            message,
-            BlobChunk,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        ):
-            yield response
-
-    async def put(
-        self,
-        messages: "AsyncIterable[BlobChunk] | Iterable[BlobChunk]",
-        *,
-        timeout: "float | None" = None,
-        deadline: "Deadline | None" = None,
-        metadata: "MetadataLike | None" = None,
-    ) -> "PutBlobResponse":
-        """
-        Put stores the bytes streamed in and answers with their BLAKE3 digest.
-        """
-
-        return await self._stream_unary(
-            "/tvix.castore.v1.BlobService/Put",
-            messages,
-            BlobChunk,
-            PutBlobResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-
-class BlobServiceBase(betterproto2_grpclib.ServiceBase):
-    async def stat(self, message: "StatBlobRequest") -> "StatBlobResponse":
-        """
-        Stat asks whether a blob exists and, when asked, lists its chunks.
-        """
-
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def read(self, message: "ReadBlobRequest") -> "AsyncIterator[BlobChunk]":
-        """
-        Read streams a blob's bytes. A missing blob is NOT_FOUND before any message.
-        """
-
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-        yield BlobChunk()
-
-    async def put(self, messages: "AsyncIterator[BlobChunk]") -> "PutBlobResponse":
-        """
-        Put stores the bytes streamed in and answers with their BLAKE3 digest.
-        """
-
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def __rpc_stat(
-        self, stream: "grpclib.server.Stream[StatBlobRequest, StatBlobResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        response = await self.stat(request)
-        await stream.send_message(response)
-
-    async def __rpc_read(self, stream: "grpclib.server.Stream[ReadBlobRequest, BlobChunk]") -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        await self._call_rpc_handler_server_stream(
-            self.read,
-            stream,
-            request,
-        )
-
-    async def __rpc_put(self, stream: "grpclib.server.Stream[BlobChunk, PutBlobResponse]") -> None:
-        request = stream.__aiter__()
-        response = await self.put(request)
-        await stream.send_message(response)
-
-    def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
-        return {
-            "/tvix.castore.v1.BlobService/Stat": grpclib.const.Handler(
-                self.__rpc_stat,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                StatBlobRequest,
-                StatBlobResponse,
-            ),
-            "/tvix.castore.v1.BlobService/Read": grpclib.const.Handler(
-                self.__rpc_read,
-                grpclib.const.Cardinality.UNARY_STREAM,
-                ReadBlobRequest,
-                BlobChunk,
-            ),
-            "/tvix.castore.v1.BlobService/Put": grpclib.const.Handler(
-                self.__rpc_put,
-                grpclib.const.Cardinality.STREAM_UNARY,
-                BlobChunk,
-                PutBlobResponse,
-            ),
-        }
