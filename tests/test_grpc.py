@@ -762,6 +762,28 @@ async def test_tls(tls_files: tuple[str, str]) -> None:
         loop.set_exception_handler(previous)
 
 
+def test_server_ssl_context_is_deprecated_and_still_builds_a_context(
+    tls_files: tuple[str, str],
+) -> None:
+    from castore.grpc.server import server_ssl_context
+
+    cert, key = tls_files
+    with pytest.warns(DeprecationWarning, match="server_credentials"):
+        ctx = server_ssl_context(cert, key)
+    assert isinstance(ctx, ssl.SSLContext)
+    assert ctx.minimum_version is ssl.TLSVersion.TLSv1_2
+
+
+async def test_serve_refuses_an_ssl_context(tls_files: tuple[str, str]) -> None:
+    cert, key = tls_files
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    async with MemoryBlobService() as backend:
+        with pytest.raises(TypeError, match="tls_cert"):
+            async with serve(backend, ssl_context=ctx):
+                pass
+
+
 async def test_unix_socket_is_removed_on_stop() -> None:
     import tempfile
 

@@ -25,7 +25,9 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import stat
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +57,7 @@ __all__ = [
     "RunningServer",
     "serve",
     "server_credentials",
+    "server_ssl_context",
 ]
 
 log = logging.getLogger("castore.grpc")
@@ -71,6 +74,23 @@ def server_credentials(cert_file: str, key_file: str) -> grpc.ServerCredentials:
     with open(key_file, "rb") as f:
         key = f.read()
     return grpc.ssl_server_credentials([(key, cert)])
+
+
+def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """Deprecated: an :class:`ssl.SSLContext` from PEM files, which :func:`serve` no longer
+    takes (grpc reads the files itself); give ``tls_cert=``/``tls_key=`` or
+    :func:`server_credentials` instead. Removed in the next release."""
+    warnings.warn(
+        "castore.grpc.server.server_ssl_context is deprecated: serve() runs on grpcio, which "
+        "takes no ssl.SSLContext; pass tls_cert=/tls_key= or server_credentials(...)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
 
 
 @dataclass
