@@ -61,12 +61,17 @@ class PutWriter(BlobWriter):
 
     async def _fail(self, exc: Exception) -> BaseException:
         """Cancel the call; the error to raise in castore's tree (the server's status when
-        the call has ended with one: a send after the end fails without saying it)."""
+        the call has ended with one: a send after the end fails without saying it).
+
+        A call whose send broke in gRPC core ends as ``INTERNAL`` on this side, whatever
+        ended it: that says no more than the broken send already did, so it does not
+        replace the error."""
         call, self._call = self._call, None
         if call is not None:
             if call.done() and call_status(exc) is None:
                 code = await call.code()
-                if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+                ignored = (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL)
+                if code not in ignored:
                     exc = GRPCStatusError(code, await call.details())
             call.cancel()
         return from_grpc_error(exc, self._what)
