@@ -192,7 +192,31 @@ def _bind(server: grpc.aio.Server, endpoint: Endpoint, creds: grpc.ServerCredent
             return server.add_insecure_port(address)
         return server.add_secure_port(address, creds)
     except RuntimeError as e:  # grpc says only that it failed to bind
-        raise OSError(errno.EADDRNOTAVAIL, f"cannot listen on {endpoint.url}: {e}") from None
+        code = _why_not_bound(endpoint) or errno.EADDRNOTAVAIL
+        raise OSError(code, f"cannot listen on {endpoint.url}: {os.strerror(code)}") from e
+
+
+def _why_not_bound(endpoint: Endpoint) -> int | None:
+    """The errno of binding ``endpoint`` ourselves (grpc does not say why it could not):
+    ``EADDRINUSE`` for a port in use, ``EACCES`` for a privileged port; ``None`` when the
+    probe binds."""
+    if endpoint.path is not None:
+        return None  # a unix socket's path was checked before (_clear_unix_path)
+    assert endpoint.host is not None
+    try:
+        # Numeric hosts only: a name would need a lookup, which may block the loop.
+        infos = socket.getaddrinfo(
+            endpoint.host, endpoint.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        )
+    except OSError:
+        return None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(address)
+            except OSError as e:
+                return e.errno
+    return None
 
 
 def _clear_unix_path(path: str) -> None:
