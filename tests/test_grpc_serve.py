@@ -50,9 +50,13 @@ async def test_second_signal_cuts_the_grace_period_short() -> None:
         ) as s,
         from_addr(await s.url()) as client,
     ):
-        writer = await client.open_write()
-        await writer.write(b"never closed" * 30_000)
-        await client.has(B3Digest.of(b""))  # after the Put's headers, on one connection
+        # A Read of a blob far larger than HTTP/2's flow-control window, of which the
+        # client takes one byte: the server's handler has started (the first bytes came)
+        # and stays in flight, waiting for the window to open.
+        digest = await client.put(b"x" * (64 << 20))
+        reader = await client.open_read(digest)
+        assert reader is not None
+        assert await reader.read(1) == b"x"
         s.process.send_signal(signal.SIGINT)
         await s.wait_for("castore serve: SIGINT: finishing 1 call(s)")
         started = time.monotonic()
@@ -61,7 +65,8 @@ async def test_second_signal_cuts_the_grace_period_short() -> None:
             await s.process.wait()
         assert time.monotonic() - started < 10
         with pytest.raises(StoreUnavailableError):
-            await writer.close()
+            while await reader.read(1 << 20):
+                pass
     assert s.process.returncode == 0, s.lines
 
 
