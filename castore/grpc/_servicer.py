@@ -122,6 +122,7 @@ class BlobServiceServicer:
         self.read_message_size = read_message_size
         self.packages = tuple(packages)
         self._inflight = 0
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._draining = False
         self._gave_up = False
@@ -198,11 +199,15 @@ class BlobServiceServicer:
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         self._inflight += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             yield
         except GRPCStatusError as e:
             await context.abort(e.status, e.message)
         finally:
+            self._handlers.discard(task)
             self._inflight -= 1
             if self._inflight == 0:
                 self._wake.set()
@@ -300,3 +305,14 @@ class BlobServiceServicer:
         """Stop a :meth:`drain` from waiting any longer (a second SIGINT)."""
         self._gave_up = True
         self._wake.set()
+
+    @property
+    def gave_up(self) -> bool:
+        """Whether :meth:`give_up` was called."""
+        return self._gave_up
+
+    def cancel_calls(self) -> None:
+        """Cancel the handlers of the calls in flight: each ends as a broken call does (a
+        ``Put`` stores nothing) and grpc answers its client ``CANCELLED``."""
+        for task in list(self._handlers):
+            task.cancel()

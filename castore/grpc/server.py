@@ -240,7 +240,11 @@ async def _stop(running: RunningServer, grace: float) -> None:
     servicer, server = running.servicer, running.server
     # grpc's stop closes the listeners, sends GOAWAY and cancels what is left after the
     # grace period; the servicer turns away calls that arrive meanwhile and counts the
-    # calls in flight, so that a second signal (give_up) can cut the wait short.
+    # calls in flight, so that a second signal (give_up) can cut the wait short. When the
+    # grace runs out, grpc's own stop cancels the calls: a second stop at that moment,
+    # racing the first one's grace timer, crashed the process (SIGSEGV in grpc's
+    # shutdown, twice in four runs of the tests), so only a second signal, long before
+    # the timer, stops grpc's server at once.
     stopping = asyncio.ensure_future(server.stop(grace))
     try:
         if not await servicer.drain(grace):
@@ -249,7 +253,9 @@ async def _stop(running: RunningServer, grace: float) -> None:
                 servicer.calls_in_flight,
                 grace,
             )
-            await server.stop(None)
+            servicer.cancel_calls()
+            if servicer.gave_up:
+                await server.stop(None)
     finally:
         await stopping
     if running.endpoint.path is not None:
