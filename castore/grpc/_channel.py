@@ -4,11 +4,13 @@
 into a channel; :class:`Calls` binds ``Stat``, ``Read`` and ``Put`` of one protobuf package
 on it, with castore's strict decoding as every response's deserializer. Everything about
 how the client reaches a server (target syntax, credentials, channel options) lives here,
-so that a channel to several addresses can be built beside it.
+including a channel to several servers: grpc's round-robin policy spreads the calls
+over them and leaves out one that cannot be reached.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import anyio
@@ -27,7 +29,14 @@ from castore.grpc._address import Endpoint
 from castore.grpc._runtime import hold_engine
 from castore.grpc._wire import deserializer, encode, encode_blob_chunk
 
-__all__ = ["CLIENT_MAX_RECEIVE", "Calls", "ChannelConfig", "open_channel", "target"]
+__all__ = [
+    "CLIENT_MAX_RECEIVE",
+    "Calls",
+    "ChannelConfig",
+    "channel_target",
+    "open_channel",
+    "target",
+]
 
 #: The largest message the client accepts: a ``Stat`` answer listing the chunks of a blob
 #: of several TiB fits; grpc's default of 4 MiB would refuse blobs of more than ~25 GiB.
@@ -38,15 +47,44 @@ RECONNECT_BACKOFF_MS = (200, 2000)
 
 Payload = bytes | bytearray | memoryview
 
+#: How many times grpc tries a ``Stat`` or a ``Read`` that met an unreachable server, when
+#: the channel has several: each try goes to the next server the balancer picks. A
+#: ``Read`` is retried only until its first message arrived, a ``Put`` never (its caller
+#: sees the failure and may write the blob again).
+MULTI_ATTEMPTS = 4
+
+
+def multi_service_config() -> str:
+    """grpc's service config for a channel to several servers: round-robin balancing, and
+    ``Stat``/``Read`` retried on ``UNAVAILABLE`` (both packages' method names)."""
+    names = [
+        {"service": f"{package}.BlobService", "method": method}
+        for package in ("tvix.castore.v1", "snix.castore.v1")
+        for method in ("Stat", "Read")
+    ]
+    retry = {
+        "maxAttempts": MULTI_ATTEMPTS,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "0.5s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [{"name": names, "retryPolicy": retry}],
+        }
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class ChannelConfig:
-    """Where and how to connect: the endpoint, and for TLS the trusted certificates
-    (``ca_file``, PEM; grpc's own root certificates otherwise), the name the server's
-    certificate must carry when it differs from the host (``server_name``), or ready-made
-    ``credentials``."""
+    """Where and how to connect: the endpoints (one, or several of one scheme), and for
+    TLS the trusted certificates (``ca_file``, PEM; grpc's own root certificates
+    otherwise), the name the servers' certificates must carry when it differs from the
+    (first) host (``server_name``), or ready-made ``credentials``."""
 
-    endpoint: Endpoint
+    endpoints: tuple[Endpoint, ...]
     ca_file: str | None = None
     server_name: str | None = None
     credentials: grpc.ChannelCredentials | None = None
@@ -56,13 +94,21 @@ def target(endpoint: Endpoint) -> str:
     """The endpoint in grpc's target syntax: ``host:port``, ``[::1]:port``, ``unix:/path``."""
     if endpoint.path is not None:
         return f"unix:{endpoint.path}"
-    assert endpoint.host is not None
-    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-    return f"{host}:{endpoint.port}"
+    return endpoint.hostport
+
+
+def channel_target(endpoints: tuple[Endpoint, ...]) -> str:
+    """One endpoint as :func:`target` gives it; several (IP addresses of one family, as
+    :func:`~castore.grpc._address.parse_endpoints` checks) as grpc's address list,
+    ``ipv4:10.0.0.1:8000,10.0.0.2:8000`` or ``ipv6:[::1]:8000,[::1]:8001``."""
+    if len(endpoints) == 1:
+        return target(endpoints[0])
+    family = "ipv6" if any(":" in (e.host or "") for e in endpoints) else "ipv4"
+    return f"{family}:" + ",".join(target(e) for e in endpoints)
 
 
 async def open_channel(config: ChannelConfig) -> grpc.aio.Channel:
-    """A channel to ``config.endpoint``, bound to the running event loop.
+    """A channel to ``config.endpoints``, bound to the running event loop.
 
     Reads the CA file in a worker thread. The channel connects lazily, at its first call.
     """
@@ -75,8 +121,15 @@ async def open_channel(config: ChannelConfig) -> grpc.aio.Channel:
         ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
         ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
     ]
-    if not config.endpoint.tls:
-        return grpc.aio.insecure_channel(target(config.endpoint), options=options)
+    first = config.endpoints[0]
+    if len(config.endpoints) > 1:
+        options.append(("grpc.service_config", multi_service_config()))
+        options.append(("grpc.enable_retries", 1))
+        # The name TLS checks and the ``:authority`` header: the first server's.
+        options.append(("grpc.default_authority", target(first)))
+    where = channel_target(config.endpoints)
+    if not first.tls:
+        return grpc.aio.insecure_channel(where, options=options)
     credentials = config.credentials
     if credentials is None:
         roots = None
@@ -85,7 +138,7 @@ async def open_channel(config: ChannelConfig) -> grpc.aio.Channel:
         credentials = grpc.ssl_channel_credentials(root_certificates=roots)
     if config.server_name is not None:
         options.append(("grpc.ssl_target_name_override", config.server_name))
-    return grpc.aio.secure_channel(target(config.endpoint), credentials, options=options)
+    return grpc.aio.secure_channel(where, credentials, options=options)
 
 
 class Calls:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import SplitResult
 
@@ -42,7 +43,7 @@ from castore.errors import (
     MalformedIndexError,
     StoreUnavailableError,
 )
-from castore.grpc._address import Endpoint, parse_endpoint, parse_flag
+from castore.grpc._address import Endpoint, check_balanced, parse_endpoints, parse_flag
 from castore.grpc._channel import Calls, ChannelConfig, open_channel
 from castore.grpc._errors import call_status, from_grpc_error
 from castore.grpc._put import PutWriter
@@ -87,9 +88,16 @@ class GRPCBlobService(BlobService):
     :class:`~castore.errors.StoreTimeoutError` rather than hanging a reader. ``prefetch``
     is how many chunks the chunked reader fetches ahead.
 
+    ``endpoints``, a list of ``(host, port)`` pairs (IP addresses of one family), takes
+    the place of ``host`` and ``port`` for several servers of one store: grpc's
+    round-robin balancing spreads the calls over them and leaves out any it cannot
+    reach, and a ``Stat`` or ``Read`` that met a server going down is tried again on
+    another. A ``Put`` cut off that way fails; writing the blob again succeeds elsewhere.
+
     From a URL: ``grpc+http://host:port``, ``grpc+https://host:port``,
-    ``grpc+unix:///path``, with options ``wait-connect=1``, ``ca-file=PATH``,
-    ``server-name=NAME``, ``package=tvix|snix``, ``timeout=SECONDS``.
+    ``grpc+http://ip1:port1,ip2:port2,…``, ``grpc+unix:///path``, with options
+    ``wait-connect=1``, ``ca-file=PATH``, ``server-name=NAME``, ``package=tvix|snix``,
+    ``timeout=SECONDS``.
     """
 
     def __init__(
@@ -98,6 +106,7 @@ class GRPCBlobService(BlobService):
         port: int | None = None,
         *,
         path: str | None = None,
+        endpoints: Sequence[tuple[str, int]] | None = None,
         tls: bool = False,
         credentials: grpc.ChannelCredentials | None = None,
         ca_file: str | None = None,
@@ -110,6 +119,10 @@ class GRPCBlobService(BlobService):
         small_blob_size: int = DEFAULT_SMALL_BLOB_SIZE,
         ssl_context: Any = None,
     ) -> None:
+        if endpoints is not None:
+            if host is not None or port is not None or path is not None or not endpoints:
+                raise InvalidAddressError("give endpoints alone, and at least one")
+            host, port = endpoints[0]
         if (path is None) == (host is None or port is None):
             raise InvalidAddressError("give either a host and a port, or a unix socket path")
         if put_message_size < 1:
@@ -122,7 +135,11 @@ class GRPCBlobService(BlobService):
             )
         tls = tls or credentials is not None
         self.endpoint = Endpoint(host=host, port=port, path=path, tls=tls)
-        self._config = ChannelConfig(self.endpoint, ca_file, server_name, credentials)
+        self.endpoints: tuple[Endpoint, ...] = (self.endpoint,)
+        if endpoints is not None and len(endpoints) > 1:
+            self.endpoints = tuple(Endpoint(host=h, port=p, tls=tls) for h, p in endpoints)
+            check_balanced(self.endpoints, self.url)
+        self._config = ChannelConfig(self.endpoints, ca_file, server_name, credentials)
         self._wait_connect = wait_connect
         self._timeout = timeout
         self.package = PACKAGE_ALIASES.get(package, package)
@@ -135,8 +152,10 @@ class GRPCBlobService(BlobService):
 
     @classmethod
     def from_url(cls, url: str | SplitResult) -> GRPCBlobService:
-        """Build from ``grpc+http://host:port?…``, ``grpc+https://…`` or ``grpc+unix:///…``."""
-        endpoint, options = parse_endpoint(url)
+        """Build from ``grpc+http://host:port?…``, ``grpc+https://…`` or ``grpc+unix:///…``;
+        ``grpc+http://ip1:port1,ip2:port2?…`` for several servers."""
+        endpoints, options = parse_endpoints(url)
+        endpoint = endpoints[0]
         wait_connect = parse_flag(options, "wait-connect")
         ca_file = options.pop("ca-file", None)
         server_name = options.pop("server-name", None)
@@ -157,6 +176,16 @@ class GRPCBlobService(BlobService):
             raise InvalidAddressError(f"package={package!r}: expected tvix or snix")
         if (ca_file or server_name) and not endpoint.tls:
             raise InvalidAddressError("ca-file and server-name need grpc+https://")
+        if len(endpoints) > 1:
+            return cls(
+                endpoints=[(e.host or "", e.port or 0) for e in endpoints],
+                tls=endpoint.tls,
+                ca_file=ca_file,
+                server_name=server_name,
+                wait_connect=wait_connect,
+                timeout=timeout,
+                package=package,
+            )
         return cls(
             endpoint.host,
             endpoint.port,
@@ -171,8 +200,12 @@ class GRPCBlobService(BlobService):
 
     @property
     def url(self) -> str:
-        """Where this client connects, as a URL."""
-        return self.endpoint.url
+        """Where this client connects, as a URL (``grpc+http://ip1:port1,ip2:port2`` for
+        several servers)."""
+        if len(self.endpoints) == 1:
+            return self.endpoint.url
+        scheme = "grpc+https" if self.endpoint.tls else "grpc+http"
+        return f"{scheme}://" + ",".join(e.hostport for e in self.endpoints)
 
     def __repr__(self) -> str:
         return f"GRPCBlobService({self.url!r}, package={self.package!r})"
