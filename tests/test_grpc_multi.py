@@ -141,6 +141,37 @@ async def test_a_dying_node_cuts_its_puts_and_is_left_out(tmp_path: Path) -> Non
         assert result.returncode == 0, result.stderr
 
 
+async def test_tls_nodes_share_one_certificate(short_tmp: str, tmp_path: Path) -> None:
+    cert, key = f"{short_tmp}/cert.pem", f"{short_tmp}/key.pem"
+    await anyio.run_process(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=blobs", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", key, "-out", cert,
+        ],
+        check=True,
+    )  # fmt: skip
+    store = shared_store(tmp_path)
+    tls = ("--tls-cert", cert, "--tls-key", key)
+    async with contextlib.AsyncExitStack() as stack:
+        served = [
+            await stack.enter_async_context(
+                castore_serve("--store", store, "--listen", "grpc+http://127.0.0.1:0", *tls)
+            )
+            for _ in range(2)
+        ]
+        urls = [await node.url() for node in served]
+        assert all(url.startswith("grpc+https://127.0.0.1:") for url in urls)
+        url = "grpc+https://" + ",".join(u.split("://")[1] for u in urls) + f"?ca-file={cert}"
+        async with from_addr(url) as client:
+            digests = [await client.put(b"over TLS %d" % i) for i in range(4)]
+            served[1].process.send_signal(signal.SIGKILL)
+            with anyio.fail_after(20):
+                await served[1].process.wait()
+            for i, digest in enumerate(digests):
+                assert await client.get(digest) == b"over TLS %d" % i
+
+
 @pytest.mark.parametrize(
     ("url", "says"),
     [
