@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from blockbuster import blockbuster_ctx
-from helpers import short_dir
+from helpers import is_late_grpc_completion, short_dir
 
 MAX_LOOP_STALL = float(os.environ.get("CASTORE_MAX_LOOP_STALL", "1.0"))
 
@@ -72,26 +72,13 @@ def no_blocking_in_castore(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail("the event loop stalled:\n" + "\n".join(watcher.stalls[:5]))
 
 
-def _is_late_grpc_completion(context: dict[str, Any]) -> bool:
-    """grpc.aio's poller thread hands each completion to the event loop of the object it
-    belongs to; one that arrives after that loop closed (a channel of an earlier test's
-    loop, released when it was collected) raises 'Event loop is closed' in whatever loop
-    runs now. It concerns no object of the running test."""
-    exc = context.get("exception")
-    return (
-        isinstance(exc, RuntimeError)
-        and str(exc) == "Event loop is closed"
-        and "PollerCompletionQueue" in repr(context.get("handle"))
-    )
-
-
 @pytest.fixture(autouse=True)
 def late_grpc_completions_ignored(request: pytest.FixtureRequest) -> Iterator[None]:
     """Keep another loop's late grpc.aio completions out of an async test's errors.
 
     anyio's test runner installs an exception handler that fails the test with every
     exception raised in a callback; each loop created during the test wraps that handler
-    so that it passes on everything but :func:`_is_late_grpc_completion`.
+    so that it passes on everything but :func:`is_late_grpc_completion`.
     """
     fn = getattr(request.node, "function", None)
     fn = getattr(getattr(fn, "hypothesis", None), "inner_test", fn)
@@ -111,7 +98,7 @@ def late_grpc_completions_ignored(request: pytest.FixtureRequest) -> Iterator[No
                 return
 
             def handle(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-                if not _is_late_grpc_completion(context):
+                if not is_late_grpc_completion(context):
                     handler(lp, context)
 
             set_handler(handle)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import _is_late_grpc_completion
+from helpers import is_late_grpc_completion
 
 
 class _Handle:
@@ -18,17 +18,17 @@ class _Handle:
 
 def test_only_a_late_grpc_completion_is_recognised() -> None:
     late = RuntimeError("Event loop is closed")
-    assert _is_late_grpc_completion(
+    assert is_late_grpc_completion(
         {"exception": late, "handle": _Handle("PollerCompletionQueue._handle_events")}
     )
-    assert not _is_late_grpc_completion({"exception": late, "handle": _Handle("other")})
-    assert not _is_late_grpc_completion(
+    assert not is_late_grpc_completion({"exception": late, "handle": _Handle("other")})
+    assert not is_late_grpc_completion(
         {
             "exception": RuntimeError("something else"),
             "handle": _Handle("PollerCompletionQueue._handle_events"),
         }
     )
-    assert not _is_late_grpc_completion({"message": "no exception"})
+    assert not is_late_grpc_completion({"message": "no exception"})
 
 
 async def test_a_late_grpc_completion_does_not_fail_the_running_test() -> None:
