@@ -8,7 +8,7 @@ Start with :func:`from_addr`.
 from __future__ import annotations
 
 from castore._digest import EMPTY_DIGEST, B3Digest, ChunkMeta, DigestLike
-from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter
+from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter, WriteStats
 from castore.combined import CombinedBlobService
 from castore.errors import (
     BlobNotFoundError,
@@ -84,6 +84,7 @@ __all__ = [
     "StoreUnavailableError",
     "UnsupportedOperationError",
     "WriteAbortedError",
+    "WriteStats",
     "WriterClosedError",
     "from_addr",
     "register_scheme",

@@ -32,6 +32,7 @@ __all__ = [
     "BlobService",
     "BlobWriter",
     "BytesReader",
+    "WriteStats",
     "seek_target",
 ]
 
@@ -168,6 +169,14 @@ class BlobWriter(AsyncResource, abc.ABC):
         tell."""
         return None
 
+    @property
+    def write_stats(self) -> WriteStats | None:
+        """After a successful :meth:`close`: how many chunks the blob was cut into and how
+        many of them this writer stored (see :class:`WriteStats`); ``None`` before that,
+        or for a backend that stores no chunks of its own or cannot tell (memory, a gRPC
+        server)."""
+        return None
+
     def _cached(self) -> B3Digest:
         if self._digest is not None:
             return self._digest
@@ -284,6 +293,27 @@ class BlobInfo:
     digest: B3Digest
     size: int | None = None
     chunk_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStats:
+    """What one writer's :meth:`~BlobWriter.close` stored, from :attr:`BlobWriter.write_stats`.
+
+    ``chunks`` counts the chunks the blob was cut into, repeats included (the entries of
+    its index; 1 for a blob stored as one chunk, 0 for the empty blob); ``new_chunks``
+    those this writer stored, and ``new_bytes`` their uncompressed bytes. Every other
+    chunk was deduplicated: it was stored already, by another writer or earlier in the
+    same blob. A server counts these to report how much of what it receives is new.
+    """
+
+    chunks: int
+    new_chunks: int
+    new_bytes: int
+
+    @property
+    def deduplicated_chunks(self) -> int:
+        """The blob's chunks that were stored already (``chunks - new_chunks``)."""
+        return self.chunks - self.new_chunks
 
 
 class BytesReader(BlobReader):

@@ -125,6 +125,38 @@ async def test_writer_new_bytes_on_every_store(kind_and_url: tuple[str, str]) ->
                 assert writer.new_bytes == new, (kind, payload is data)
 
 
+async def test_writer_write_stats_on_every_store(kind_and_url: tuple[str, str]) -> None:
+    kind, url = kind_and_url
+    data = _data(2 << 20, seed=4)
+    zeros = bytes(4 << 20)  # eight identical chunks of the largest size
+    async with from_addr(url) as store:
+        stats = []
+        for payload in (data, data, zeros, b""):
+            writer = await store.open_write()
+            assert writer.write_stats is None
+            await writer.write(payload)
+            digest = await writer.close()
+            stats.append(writer.write_stats)
+            if kind == "memory":
+                continue
+            # The counts agree with the index the writer left behind.
+            listed = await store.chunks(digest)
+            assert listed is not None
+            assert stats[-1] is not None
+            assert stats[-1].chunks == max(len(listed), 1 if payload else 0)
+    if kind == "memory":  # stores whole blobs: no chunks of its own
+        assert stats == [None] * 4
+        return
+    first, again, same, empty = stats
+    assert first is not None and again is not None and same is not None and empty is not None
+    assert first.chunks > 1 and first.new_chunks == first.chunks and first.new_bytes == len(data)
+    assert first.deduplicated_chunks == 0
+    assert again.chunks == first.chunks and again.new_chunks == 0 and again.new_bytes == 0
+    assert again.deduplicated_chunks == first.chunks
+    assert same.chunks == 8 and same.new_chunks == 1 and same.deduplicated_chunks == 7
+    assert (empty.chunks, empty.new_chunks, empty.new_bytes) == (0, 0, 0)
+
+
 def test_has_and_stat_take_several_digests(
     files: tuple[Path, Path, Path], env: dict[str, str]
 ) -> None:

@@ -57,7 +57,7 @@ import blake3
 
 from castore._digest import B3Digest
 from castore._threads import THRESHOLDS, run_sized
-from castore.blobservice import BlobWriter
+from castore.blobservice import BlobWriter, WriteStats
 from castore.errors import CastoreError, WriteAbortedError
 from castore.objectstore._chunker import StreamingChunker
 from castore.objectstore._codec import encode_index
@@ -126,6 +126,7 @@ class _Blob:
     __slots__ = (
         "aborted",
         "adapter",
+        "chunk_count",
         "chunker",
         "count_lock",
         "digest",
@@ -163,6 +164,8 @@ class _Blob:
         # their uncompressed bytes: what ``castore put --json`` reports as new.
         self.new_chunks = 0
         self.new_bytes = 0
+        # The chunks the blob's index lists (repeats included), once all are stored.
+        self.chunk_count = 0
         self.count_lock = threading.Lock()
 
     def count_new(self, size: int) -> None:
@@ -362,6 +365,7 @@ async def _consume(
             await uploads.drain()
         assert blob.digest is not None
         digest = blob.digest
+        blob.chunk_count = len(digests)
         index = await run_sized(len(digests), THRESHOLDS.encode_index, encode_index, digests, sizes)
         key = blob.layout.blob(digest)
 
@@ -428,6 +432,14 @@ class ObjectStoreBlobWriter(BlobWriter):
     def new_bytes(self) -> int | None:
         """The bytes of the chunks this writer stored (see :attr:`BlobWriter.new_bytes`)."""
         return self._blob.new_bytes if self._digest is not None else None
+
+    @property
+    def write_stats(self) -> WriteStats | None:
+        """The blob's chunks and those this writer stored (see :class:`~castore.WriteStats`)."""
+        if self._digest is None:
+            return None
+        blob = self._blob
+        return WriteStats(blob.chunk_count, blob.new_chunks, blob.new_bytes)
 
     async def _send_item(self, item: Piece) -> None:
         try:

@@ -41,7 +41,7 @@ import anyio
 from obstore.exceptions import GenericError
 
 from castore._digest import B3Digest, ChunkMeta, DigestLike
-from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter
+from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter, WriteStats
 from castore.errors import StoreTimeoutError, StoreUnavailableError
 from castore.objectstore._adapter import ObjectInfo, ObstoreAdapter, StoreAdapter
 from castore.objectstore._errors import map_store_errors
@@ -213,6 +213,14 @@ class _FaultyWriter(BlobWriter):
     def __init__(self, owner: FaultyBlobService, inner: BlobWriter) -> None:
         self._owner = owner
         self._inner = inner
+
+    @property
+    def new_bytes(self) -> int | None:
+        return self._inner.new_bytes
+
+    @property
+    def write_stats(self) -> WriteStats | None:
+        return self._inner.write_stats
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
         await self._owner._enter("write")

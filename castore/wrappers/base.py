@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
 from castore._digest import B3Digest, ChunkMeta, DigestLike
-from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter
+from castore.blobservice import BlobInfo, BlobReader, BlobService, BlobWriter, WriteStats
 
 __all__ = ["WrapperBlobReader", "WrapperBlobService", "WrapperBlobWriter"]
 
@@ -117,6 +117,11 @@ class WrapperBlobWriter(BlobWriter):
     def new_bytes(self) -> int | None:
         """What the wrapped writer stored (see :attr:`castore.BlobWriter.new_bytes`)."""
         return self._inner.new_bytes
+
+    @property
+    def write_stats(self) -> WriteStats | None:
+        """What the wrapped writer stored (see :attr:`castore.BlobWriter.write_stats`)."""
+        return self._inner.write_stats
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
         await self._inner.write(data)
