@@ -12,6 +12,7 @@ from benchmarks.check import CheckBench
 from benchmarks.collect import GcBench
 from benchmarks.gateway import GatewayBench
 from benchmarks.section import Section
+from benchmarks.serve import ServeBench
 
 __all__ = ["SECTIONS"]
 
@@ -27,4 +28,5 @@ SECTIONS: tuple[type[Section], ...] = (
     GatewayBench,
     GcBench,
     grpc_pairs.Grpc,
+    ServeBench,
 )

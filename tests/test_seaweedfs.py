@@ -175,3 +175,29 @@ def _sockets_of(ports: Ports) -> list[Path]:
         for port in (ports.s3, ports.s3_grpc, ports.filer, ports.filer_grpc, ports.master_grpc)
         for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")
     ]
+
+
+@needs_weed
+def test_metrics_count_s3_requests_by_type(tmp_path: Path) -> None:
+    """With ``metrics=True`` the server's own counters see each request castore's tools
+    send: a conditional PUT, HEADs (counted as GET), a LIST and a batch DELETE."""
+    with SeaweedFS(tmp_path / "sw", metrics=True) as server:
+        assert server.metrics_url.endswith("/metrics")
+        server.create_bucket("castore-metrics")
+        store = server.s3_store("castore-metrics")
+        before = server.s3_request_counts("castore-metrics", settle=1.0)
+        obstore.put(store, "a", b"payload", mode="create")
+        for _ in range(3):
+            obstore.head(store, "a")
+        with pytest.raises(FileNotFoundError):
+            obstore.head(store, "missing")
+        assert [m["path"] for page in obstore.list(store) for m in page] == ["a"]
+        obstore.delete(store, ["a"])
+        after = server.s3_request_counts("castore-metrics", settle=1.0)
+        grown = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        assert grown == {"PUT": 1, "GET": 4, "LIST": 1, "DELETE": 1}
+
+
+def test_metrics_url_needs_metrics(tmp_path: Path) -> None:
+    with pytest.raises(SeaweedFSError, match="metrics=True"):
+        _ = SeaweedFS(tmp_path / "sw").metrics_url

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import time
+import urllib.request
 from dataclasses import astuple, dataclass, fields
 from types import TracebackType
 from typing import Self
@@ -48,6 +50,11 @@ from castore.testing.seaweedfs_common import (
 )
 
 __all__ = ["WEED_ENV", "Ports", "SeaweedFS", "SeaweedFSError", "find_weed"]
+
+_REQUEST_TOTAL = re.compile(
+    r"^SeaweedFS_s3_request_total\{(?P<labels>[^}]*)\} (?P<n>\S+)$", re.MULTILINE
+)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +90,9 @@ class SeaweedFS(S3Access):
     ``root`` holds everything: ``root/data`` (SeaweedFS's data folder), ``root/s3.json``
     (the identity) and ``root/weed.log`` (the server's output, appended on each start).
     ``ports`` defaults to free ports chosen on the first :meth:`start`; later starts reuse
-    them, which a restart on the same data needs.
+    them, which a restart on the same data needs. ``metrics=True`` also serves SeaweedFS's
+    Prometheus metrics on one more port (:attr:`metrics_url`), from which
+    :meth:`s3_request_counts` counts the S3 requests by type (the benchmark uses it).
     """
 
     def __init__(
@@ -94,6 +103,7 @@ class SeaweedFS(S3Access):
         ports: Ports | None = None,
         access_key: str = "castore-test",
         secret_key: str = "castore-test-secret",
+        metrics: bool = False,
     ) -> None:
         self.weed = require_weed(weed)
         self.root = pathlib.Path(root).resolve()
@@ -103,6 +113,8 @@ class SeaweedFS(S3Access):
         self.secret_key = secret_key
         self._ports = ports
         self._ports_fixed = ports is not None
+        self._metrics = metrics
+        self._metrics_port: int | None = None
         self._process = WeedProcess("weed mini", self.root, self.log_path)
 
     # -- addresses ------------------------------------------------------------------------
@@ -118,6 +130,48 @@ class SeaweedFS(S3Access):
     def s3_port(self) -> int:
         """The S3 gateway's port."""
         return self.ports.s3
+
+    @property
+    def metrics_url(self) -> str:
+        """Where SeaweedFS serves its Prometheus metrics (with ``metrics=True``), among them
+        ``SeaweedFS_s3_request_total{type,code,bucket}``: the S3 requests it answered by
+        type (``PUT``, ``GET``, which counts HEAD too, ``LIST``, ``DELETE``)."""
+        if not self._metrics:
+            raise SeaweedFSError("SeaweedFS was made without metrics=True")
+        if self._metrics_port is None:
+            raise SeaweedFSError("SeaweedFS has not been started yet: no ports chosen")
+        return f"http://{HOST}:{self._metrics_port}/metrics"
+
+    def s3_request_counts(
+        self, bucket: str, *, settle: float = 0.25, timeout: float = 10.0
+    ) -> dict[str, int]:
+        """S3 requests on ``bucket`` answered so far, by type (``PUT``, ``GET``, ``LIST``,
+        ``DELETE``…), whatever their status code, from :attr:`metrics_url`.
+
+        SeaweedFS counts a request a moment after it has answered it, so the counters are
+        read until two readings ``settle`` seconds apart agree (for at most ``timeout``
+        seconds). Requests on no bucket, such as the readiness probes, are left out.
+        """
+        deadline = time.monotonic() + timeout
+        counts = self._read_request_counts(bucket, timeout)
+        while time.monotonic() < deadline:
+            time.sleep(settle)
+            again = self._read_request_counts(bucket, timeout)
+            if again == counts:
+                break
+            counts = again
+        return counts
+
+    def _read_request_counts(self, bucket: str, timeout: float) -> dict[str, int]:
+        with urllib.request.urlopen(self.metrics_url, timeout=timeout) as answer:
+            text = answer.read().decode()
+        counts: dict[str, int] = {}
+        for m in _REQUEST_TOTAL.finditer(text):
+            labels = dict(_LABEL.findall(m["labels"]))
+            if labels.get("bucket") == bucket and "type" in labels:
+                kind = labels["type"]
+                counts[kind] = counts.get(kind, 0) + int(float(m["n"]))
+        return counts
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -147,7 +201,9 @@ class SeaweedFS(S3Access):
         for attempt in range(attempts):
             if not self._ports_fixed:
                 self._ports = Ports.free()
-            self._process.spawn(self._command(), astuple(self.ports))
+            if self._metrics and (not self._ports_fixed or self._metrics_port is None):
+                self._metrics_port = self._free_port_besides(self.ports)
+            self._process.spawn(self._command(), self._all_ports())
             try:
                 self._wait_ready(timeout)
             except SeaweedFSError:
@@ -190,6 +246,15 @@ class SeaweedFS(S3Access):
 
     # -- internals ------------------------------------------------------------------------
 
+    @staticmethod
+    def _free_port_besides(ports: Ports) -> int:
+        taken = set(astuple(ports))
+        return next(p for p in free_ports(len(taken) + 1) if p not in taken)
+
+    def _all_ports(self) -> tuple[int, ...]:
+        extra = () if self._metrics_port is None else (self._metrics_port,)
+        return astuple(self.ports) + extra
+
     def _command(self) -> list[str]:
         return [
             self.weed,
@@ -210,7 +275,13 @@ class SeaweedFS(S3Access):
             "-s3.port.lance=0",
             # No phoning home from test machines.
             "-master.telemetry=false",
+            *self._metrics_flags(),
         ]
+
+    def _metrics_flags(self) -> list[str]:
+        if self._metrics_port is None:
+            return []
+        return [f"-metricsPort={self._metrics_port}", f"-metricsIp={HOST}"]
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
