@@ -57,6 +57,7 @@ GC_OBJECTS = 20_000
 #: The calls measured, in order: (protocol, call, child role).
 CALLS: tuple[tuple[str, str, str], ...] = (
     ("gRPC", "Put", "grpc-put"),
+    ("gRPC", "Put, stored already", "grpc-put"),
     ("gRPC", "Read", "grpc-read"),
     ("HTTP", "PUT", "http-put"),
     ("HTTP", "GET", "http-get"),
@@ -106,6 +107,15 @@ def _cpu_of(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_of(pid: int) -> int:
+    """The resident-set high-water mark of process ``pid`` (``VmHWM``), bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -162,8 +172,9 @@ def _wait_announced(proc: subprocess.Popen[bytes], log: pathlib.Path) -> tuple[s
     return grpc_url, http_url
 
 
-def _call(s3: SeaweedFS, role: str, args: tuple[str, str], pids: tuple[int, int]) -> CallRun:
+def _call(s3: SeaweedFS, call: str, args: tuple[str, ...], pids: tuple[int, int]) -> CallRun:
     """Run one client to its end; the figures of its measured call."""
+    protocol, role = next((p, r) for p, c, r in CALLS if c == call)
     serve_pid, store_pid = pids
     client = module_command("benchmarks.serve_child", role, *args)
     proc = subprocess.Popen(client, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=module_env())
@@ -182,7 +193,6 @@ def _call(s3: SeaweedFS, role: str, args: tuple[str, str], pids: tuple[int, int]
         proc.stdin.close()
         if proc.wait(timeout=120) != 0:
             raise RuntimeError(f"the {role} client exited with {proc.returncode}")
-    protocol, call = next((p, c) for p, c, r in CALLS if r == role)
     return CallRun(
         protocol, call, doc["seconds"], doc["cpu"], serve1 - serve0, store1 - store0,
         int(doc["bytes"]), _grown(before, after), doc["digest"],
@@ -191,8 +201,9 @@ def _call(s3: SeaweedFS, role: str, args: tuple[str, str], pids: tuple[int, int]
 
 def measure_serve(
     size: int, repeat: int, work: pathlib.Path, gc_objects: int, progress: Callable[[str], None]
-) -> tuple[list[CallRun], GcS3Run]:
-    """The four calls, best of ``repeat`` each, then the collector on ``gc_objects``."""
+) -> tuple[list[CallRun], int, GcS3Run]:
+    """The four calls, best of ``repeat`` each, the serve node's peak RSS over them all,
+    then the collector on ``gc_objects``."""
     from castore.testing.seaweedfs import SeaweedFS
 
     root = pathlib.Path(tempfile.mkdtemp(prefix="serve-", dir=work))
@@ -206,19 +217,22 @@ def measure_serve(
                 pids = (pid, s3.pid)
                 for i in range(repeat):
                     progress(f"serve over S3, {size >> 20} MiB, run {i + 1}/{repeat}")
-                    put = _call(s3, "grpc-put", (grpc_url, str(size)), pids)
-                    read = _call(s3, "grpc-read", (grpc_url, put.digest), pids)
-                    hput = _call(s3, "http-put", (str(http_port), str(size)), pids)
-                    hget = _call(s3, "http-get", (str(http_port), hput.digest), pids)
-                    for run in (put, read, hput, hget):
+                    seed = str(random.getrandbits(64))
+                    put = _call(s3, "Put", (grpc_url, str(size), seed), pids)
+                    again = _call(s3, "Put, stored already", (grpc_url, str(size), seed), pids)
+                    read = _call(s3, "Read", (grpc_url, put.digest), pids)
+                    hput = _call(s3, "PUT", (str(http_port), str(size)), pids)
+                    hget = _call(s3, "GET", (str(http_port), hput.digest), pids)
+                    for run in (put, again, read, hput, hget):
                         key = run.protocol + run.call
                         if key not in best or run.seconds < best[key].seconds:
                             best[key] = run
+                peak = _peak_rss_of(pid)
             progress(f"collector over S3, {gc_objects} chunk objects")
             gc_run = measure_gc_s3(s3, gc_objects)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return [best[p + c] for p, c, _ in CALLS], gc_run
+    return [best[p + c] for p, c, _ in CALLS], peak, gc_run
 
 
 async def _fill(store: S3Store, n: int, seed: int = 0) -> int:
@@ -290,13 +304,16 @@ class ServeBench(Section):
 
     def __init__(self) -> None:
         self.calls: list[CallRun] = []
+        self.peak_rss = 0
         self.gc: GcS3Run | None = None
 
     def measure(self, ctx: Context) -> None:
         size = min(ctx.size, MAX_SIZE)
         scale = min(1.0, ctx.size / (512 << 20))
         objects = max(1000, int(GC_OBJECTS * scale))
-        self.calls, self.gc = measure_serve(size, ctx.repeat, ctx.work, objects, ctx.progress)
+        self.calls, self.peak_rss, self.gc = measure_serve(
+            size, ctx.repeat, ctx.work, objects, ctx.progress
+        )
 
     def tables(self, ctx: Context) -> list[Table]:
         if not self.calls:
@@ -331,7 +348,8 @@ class ServeBench(Section):
                     " hashed on both sides; HTTP: raw sockets. S3 requests are SeaweedFS's"
                     " own counts of the requests on the bucket (HEAD counts as GET). The"
                     " serve node runs with the castore command's allocator settings"
-                    f" ({tuning})."
+                    f" ({tuning}); its peak RSS over all the calls was"
+                    f" {self.peak_rss / MIB:,.0f} MiB."
                 ],
             )
         ]

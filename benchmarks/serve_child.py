@@ -8,8 +8,9 @@ bytes moved, and the blob's digest in hex.
 
 Roles:
 
-- ``grpc-put URL SIZE``: castore's gRPC client, ``open_write`` and 256 KiB writes of
-  ``SIZE`` fresh random bytes, ``close``;
+- ``grpc-put URL SIZE SEED``: castore's gRPC client, ``open_write`` and 256 KiB writes of
+  ``SIZE`` random bytes made from ``SEED`` (the same seed twice puts the same blob again,
+  every chunk of it already stored), ``close``;
 - ``grpc-read URL HEX``: castore's gRPC client, ``open_read`` and 256 KiB reads to the end
   (one ``Read`` per chunk, each chunk and the whole blob verified);
 - ``http-put PORT SIZE``: ``PUT /blobs`` of ``SIZE`` fresh random bytes with a
@@ -51,10 +52,12 @@ def _report(seconds: float, cpu: float, moved: int, digest: str) -> None:
     print(json.dumps(doc), flush=True)
 
 
-async def _grpc_put(url: str, size: int) -> None:
+async def _grpc_put(url: str, size: int, seed: int) -> None:
+    import random
+
     import castore
 
-    data = os.urandom(size)
+    data = random.Random(seed).randbytes(size)
     pieces = [data[i : i + PIECE] for i in range(0, size, PIECE)]
     async with castore.from_addr(url) as service:
         await service.put(os.urandom(1024))  # connects, and warms both sides up
@@ -137,9 +140,9 @@ def main(argv: list[str]) -> None:
     from castore.cli._allocator import tune_allocator
 
     tune_allocator()
-    role, where, what = argv
+    role, where, what, *more = argv
     if role == "grpc-put":
-        asyncio.run(_grpc_put(where, int(what)))
+        asyncio.run(_grpc_put(where, int(what), int(more[0])))
     elif role == "grpc-read":
         asyncio.run(_grpc_read(where, what))
     elif role == "http-put":
