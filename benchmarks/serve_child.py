@@ -57,7 +57,9 @@ async def _grpc_put(url: str, size: int, seed: int) -> None:
 
     import castore
 
-    data = random.Random(seed).randbytes(size)
+    rng = random.Random(seed)
+    # randbytes takes at most 2**31 bits at a time: 16 MiB pieces.
+    data = b"".join(rng.randbytes(min(16 << 20, size - i)) for i in range(0, size, 16 << 20))
     pieces = [data[i : i + PIECE] for i in range(0, size, PIECE)]
     async with castore.from_addr(url) as service:
         await service.put(os.urandom(1024))  # connects, and warms both sides up
