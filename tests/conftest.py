@@ -4,7 +4,8 @@ Every ``async def`` test runs under anyio's pytest plugin on asyncio (``anyio_mo
 "auto"`` in pyproject.toml). Two guards watch the event loop in every async test:
 blockbuster fails a test when castore's code makes a blocking call (file, socket, sleep)
 on the loop, and a slow-callback monitor fails it when one step of the loop runs longer
-than ``CASTORE_MAX_LOOP_STALL`` seconds (CPU work that belongs in a worker thread).
+than ``CASTORE_MAX_LOOP_STALL`` seconds and spends at least half of that on the CPU
+(work that belongs in a worker thread; see ``helpers.StallWatcher``).
 A third keeps grpc.aio's late completions for an earlier test's closed loop out of the
 running test's errors (and nothing else).
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 from blockbuster import blockbuster_ctx
-from helpers import is_late_grpc_completion, short_dir
+from helpers import StallWatcher, is_late_grpc_completion, short_dir
 
 MAX_LOOP_STALL = float(os.environ.get("CASTORE_MAX_LOOP_STALL", "1.0"))
 
@@ -28,17 +29,6 @@ MAX_LOOP_STALL = float(os.environ.get("CASTORE_MAX_LOOP_STALL", "1.0"))
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-class _StallWatcher(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.stalls: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if msg.startswith("Executing") and " took " in msg:
-            self.stalls.append(msg)
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +39,7 @@ def no_blocking_in_castore(request: pytest.FixtureRequest) -> Iterator[None]:
     if fn is None or not inspect.iscoroutinefunction(fn) or "allow_blocking" in request.keywords:
         yield
         return
-    watcher = _StallWatcher()
+    watcher = StallWatcher(MAX_LOOP_STALL)
     logger = logging.getLogger("asyncio")
     logger.addHandler(watcher)
     policy = asyncio.get_event_loop_policy()
@@ -57,8 +47,7 @@ def no_blocking_in_castore(request: pytest.FixtureRequest) -> Iterator[None]:
 
     def new_loop() -> asyncio.AbstractEventLoop:
         loop = original()
-        loop.slow_callback_duration = MAX_LOOP_STALL
-        loop.set_debug(True)
+        watcher.watch(loop)
         return loop
 
     policy.new_event_loop = new_loop  # type: ignore[method-assign]
