@@ -72,6 +72,10 @@ def test_a_missing_gateway_dependency_has_its_own_code_before_listening() -> Non
         )
         line = _one_line_error(result, ExitCode.MISSING_DEPENDENCY)
         assert "needs uvicorn, which is not installed" in line
+    # --metrics serves over HTTP too.
+    result = _serve("--listen", "grpc+http://127.0.0.1:0", "--metrics", "127.0.0.1:0", prelude=hide)
+    line = _one_line_error(result, ExitCode.MISSING_DEPENDENCY)
+    assert "--metrics needs uvicorn, which is not installed" in line
 
 
 def test_a_port_in_use_has_its_own_code_and_names_the_address(taken_port: int) -> None:

@@ -71,12 +71,21 @@ async def _castore_serve() -> AsyncIterator[tuple[anyio.abc.Process, str]]:
             while b"listening on " not in seen or not seen.endswith(b"\n"):
                 seen += await process.stderr.receive()
         url = seen.split(b"listening on ", 1)[1].split()[0].decode()
-        try:
-            yield process, url
-        finally:
-            process.terminate()
-            with anyio.fail_after(20):
-                await process.wait()
+        async with anyio.create_task_group() as tg:
+            # The server logs a line per call: keep its stderr flowing.
+            tg.start_soon(_drain, process.stderr)
+            try:
+                yield process, url
+            finally:
+                process.terminate()
+                with anyio.fail_after(20):
+                    await process.wait()
+
+
+async def _drain(stream: anyio.abc.ByteReceiveStream) -> None:
+    with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+        while True:
+            await stream.receive()
 
 
 # --- raw HTTP/2 ----------------------------------------------------------------------------

@@ -15,6 +15,11 @@ with the real port when ``--listen`` asked for port 0. ``--config FILE`` serves 
 the same store, in the same event loop; ``--no-grpc`` serves only that. It prints
 ``castore serve: HTTP gateway on URL`` once ready.
 
+Both front ends report every request to one :class:`~castore.cli._metrics.ServeMetrics`:
+Prometheus metrics, served at ``/metrics`` on the ``--http`` port and, with
+``--metrics HOST:PORT``, on a port of their own (``castore serve: metrics on URL``); and
+one log line per request (:mod:`castore.cli._logs`, ``--log-format text|json``).
+
 Nothing says it is listening before every server is: both addresses are bound first, and
 a failure to bind (an address in use, a port it may not take) exits 9 naming the address,
 with nothing printed as listening. A missing dependency of the gateway exits 10 before
@@ -34,10 +39,13 @@ import sys
 from collections.abc import AsyncIterator
 
 import anyio
+import prometheus_client
 
 from castore.blobservice import BlobService
 from castore.cli._command import Parser, Subparsers
 from castore.cli._errors import ExitCode, Failure
+from castore.cli._logs import FORMATS, log_request, start_logging
+from castore.cli._metrics import ServeMetrics, metrics_app
 from castore.cli._store import open_store
 from castore.errors import CastoreError, InvalidAddressError
 from castore.grpc._address import parse_endpoint
@@ -103,6 +111,20 @@ def register(sub: Subparsers, common: Parser) -> None:
     )
     p.add_argument("--no-grpc", action="store_true", help="serve only --http, no gRPC")
     p.add_argument(
+        "--metrics",
+        default=None,
+        type=_http_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at /metrics here (with --http they are also "
+        "served on its port)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="stderr log lines as text or as one JSON object each (default: text)",
+    )
+    p.add_argument(
         "--max-upload",
         type=int,
         default=None,
@@ -153,13 +175,14 @@ async def _check_arguments(args: argparse.Namespace) -> None:
                 raise Failure(
                     ExitCode.LOCAL_IO, f"cannot read the TLS {what} {path}: {e.strerror or e}"
                 ) from e
-    if args.http is not None:
+    if args.http is not None or args.metrics is not None:
         try:
             import uvicorn  # noqa: F401
         except ImportError as e:
+            what = "the HTTP gateway (--http)" if args.http is not None else "--metrics"
             raise Failure(
                 ExitCode.MISSING_DEPENDENCY,
-                "the HTTP gateway (--http) needs uvicorn, which is not installed here: "
+                f"{what} needs uvicorn, which is not installed here: "
                 f"pip install uvicorn (or castore[http]) ({e})",
             ) from e
 
@@ -182,10 +205,15 @@ async def _listening(address: str) -> AsyncIterator[None]:
 
 
 async def _start(
-    args: argparse.Namespace, service: BlobService, stack: contextlib.AsyncExitStack
-) -> tuple[RunningServer | None, str | None]:
+    args: argparse.Namespace,
+    service: BlobService,
+    metrics: ServeMetrics,
+    stack: contextlib.AsyncExitStack,
+) -> tuple[RunningServer | None, str | None, str | None]:
     """Bind and start every server asked for; their URLs are printed by the caller only
     once all of them are up."""
+    from castore.http import DEFAULT_MAX_UPLOAD, app, serve_asgi
+
     running = None
     if not args.no_grpc:
         async with _listening(args.listen):
@@ -198,26 +226,54 @@ async def _start(
                     max_message_size=args.max_message_size,
                     read_message_size=args.read_message_size,
                     grace=args.grace,
+                    observer=metrics,
                 )
             )
     http_url = None
     if args.http is not None:
-        from castore.http import DEFAULT_MAX_UPLOAD, serve_http
-
         max_upload = DEFAULT_MAX_UPLOAD if args.max_upload is None else args.max_upload
+        gateway = app(service, max_upload=max_upload, observer=metrics)
         async with _listening("http://" + args.http):
             http_url = await stack.enter_async_context(
-                serve_http(service, args.http, max_upload=max_upload, grace=args.grace)
+                serve_asgi(
+                    metrics_app(metrics.registry, gateway),
+                    args.http,
+                    grace=args.grace,
+                    # Every request is logged by the observer, with its id.
+                    access_log=False,
+                )
             )
-    return running, http_url
+    metrics_url = None
+    if args.metrics is not None:
+        async with _listening("http://" + args.metrics):
+            metrics_url = await stack.enter_async_context(
+                serve_asgi(
+                    metrics_app(metrics.registry),
+                    args.metrics,
+                    grace=min(args.grace, 5.0),
+                    access_log=False,
+                )
+            )
+    return running, http_url, metrics_url
 
 
 async def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; the exit code."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="castore serve: %(message)s")
     await _check_arguments(args)
+    # Not the *_created series of every counter: they double a scrape and say nothing
+    # here. Process-wide, which this command owns (the library never changes it).
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    stop_logging = start_logging(args.log_format)
+    try:
+        return await _serve(args)
+    finally:
+        if stop_logging is not None:
+            stop_logging()
+
+
+async def _serve(args: argparse.Namespace) -> int:
     service = await open_store(args)
+    metrics = ServeMetrics(on_finished=log_request)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -243,11 +299,15 @@ async def run(args: argparse.Namespace) -> int:
     try:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(service)
-            running, http_url = await _start(args, service, stack)
+            running, http_url, metrics_url = await _start(args, service, metrics, stack)
             if running is not None:
                 print(f"castore serve: listening on {running.url}", file=sys.stderr, flush=True)
             if http_url is not None:
                 print(f"castore serve: HTTP gateway on {http_url}", file=sys.stderr, flush=True)
+            if metrics_url is not None:
+                print(
+                    f"castore serve: metrics on {metrics_url}/metrics", file=sys.stderr, flush=True
+                )
             await stop.wait()
     finally:
         # Removed only now, so that a second signal can cut the drain short.

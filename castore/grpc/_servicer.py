@@ -20,6 +20,9 @@ What it promises, beyond the Rust server:
   is ``INVALID_ARGUMENT``, and a ``Put`` that carried one stores nothing.
 - It counts the calls in flight, and once :meth:`BlobServiceServicer.drain` began it turns
   new calls away with ``UNAVAILABLE``.
+- Given a :class:`~castore.observe.RequestObserver`, it reports every call to it and
+  sends the call's id back as trailing metadata ``x-request-id`` (see
+  :mod:`castore.observe`).
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ from castore._proto.tvix.castore.v1 import (
     StatBlobResponseChunkMeta,
 )
 from castore._threads import THRESHOLDS, run_sized
-from castore.blobservice import BlobService
+from castore.blobservice import BlobService, WriteStats
 from castore.errors import InvalidDigestError, MalformedMessageError
 from castore.grpc._errors import GRPCStatusError, to_grpc_error
 from castore.grpc._wire import deserializer, encode, encode_blob_chunk
+from castore.observe import REQUEST_ID_HEADER, Request, RequestObserver, request_id
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -67,6 +71,16 @@ log = logging.getLogger("castore.grpc")
 
 _M = TypeVar("_M")
 _Context = grpc.aio.ServicerContext[Any, Any]
+
+# A call's outcome (castore.observe.OUTCOMES) by the status it ended with, when no store
+# failure lies behind it; any other status is an ``error``.
+_OUTCOMES = {
+    grpc.StatusCode.NOT_FOUND: "not_found",
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid",
+    grpc.StatusCode.OUT_OF_RANGE: "invalid",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "invalid",
+    grpc.StatusCode.CANCELLED: "cancelled",
+}
 
 
 def _digest(raw: bytes, call: str) -> B3Digest:
@@ -102,7 +116,8 @@ class BlobServiceServicer:
     message (a server of your own sets its own, with the
     ``grpc.max_receive_message_length`` option); ``read_message_size`` is the payload of
     each ``BlobChunk`` that ``Read`` sends; ``packages`` lists the protobuf packages whose
-    method paths are answered.
+    method paths are answered; ``observer`` is told about every call
+    (:mod:`castore.observe`).
     """
 
     def __init__(
@@ -112,6 +127,7 @@ class BlobServiceServicer:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         read_message_size: int = DEFAULT_READ_MESSAGE_SIZE,
         packages: Sequence[str] = PACKAGES,
+        observer: RequestObserver | None = None,
     ) -> None:
         if read_message_size < 1:
             raise ValueError(f"read_message_size must be positive, got {read_message_size}")
@@ -121,6 +137,7 @@ class BlobServiceServicer:
         self.max_message_size = max_message_size
         self.read_message_size = read_message_size
         self.packages = tuple(packages)
+        self.observer = observer
         self._inflight = 0
         self._handlers: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
@@ -177,6 +194,13 @@ class BlobServiceServicer:
 
     async def put(self, messages: AsyncIterator[BlobChunk]) -> PutBlobResponse:
         """Store the streamed bytes; anything but a clean end of stream stores nothing."""
+        digest, _ = await self._store(messages)
+        return PutBlobResponse(digest=digest.digest)
+
+    async def _store(
+        self, messages: AsyncIterator[BlobChunk]
+    ) -> tuple[B3Digest, WriteStats | None]:
+        """:meth:`put`, with what the writer says it stored."""
         writer = await self.service.open_write()
         try:
             async for message in messages:
@@ -190,56 +214,106 @@ class BlobServiceServicer:
             if isinstance(e, Exception):
                 raise to_grpc_error(e, "Put") from e
             raise
-        return PutBlobResponse(digest=digest.digest)
+        return digest, writer.write_stats
 
     # The grpc.aio handlers: decoding, statuses, the in-flight count.
 
     @contextlib.asynccontextmanager
-    async def _call(self, context: _Context) -> AsyncIterator[None]:
+    async def _call(self, context: _Context, method: str) -> AsyncIterator[Request | None]:
+        """Around each call: the in-flight count, statuses, and the observer's record
+        (``None`` without an observer)."""
+        req = None if self.observer is None else self._begin(context, method)
         if self._draining:
+            if req is not None:
+                req.outcome, req.status = "refused", grpc.StatusCode.UNAVAILABLE.name
+                self._end(req)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         self._inflight += 1
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
         try:
-            yield
+            yield req
         except GRPCStatusError as e:
+            if req is not None:
+                req.status = e.status.name
+                req.fail(e, _OUTCOMES.get(e.status, "error"))
             await context.abort(e.status, e.message)
+        except BaseException as e:
+            if req is not None:
+                cancelled = isinstance(e, asyncio.CancelledError)
+                req.status = "CANCELLED" if cancelled else "UNKNOWN"
+                req.fail(e, "cancelled" if cancelled else "error")
+            raise
         finally:
             self._handlers.discard(task)
             self._inflight -= 1
             if self._inflight == 0:
                 self._wake.set()
+            if req is not None:
+                self._end(req)
+
+    def _begin(self, context: _Context, method: str) -> Request:
+        incoming = None
+        for key, value in context.invocation_metadata() or ():
+            if key == REQUEST_ID_HEADER and isinstance(value, str):
+                incoming = value
+                break
+        req = Request("grpc", method, request_id(incoming), context.peer())
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, req.request_id),))
+        assert self.observer is not None
+        self.observer.started(req)
+        return req
+
+    def _end(self, req: Request) -> None:
+        if not req.status:
+            req.status = grpc.StatusCode.OK.name
+        req.finish()
+        assert self.observer is not None
+        try:
+            self.observer.finished(req)
+        except Exception:  # a failing observer must not change the call's answer
+            log.exception("the request observer failed")
 
     async def _rpc_stat(
         self, request: StatBlobRequest | MalformedMessageError, context: _Context
     ) -> StatBlobResponse:
-        async with self._call(context):
-            response = await self.stat(_request(request))
+        async with self._call(context, "Stat") as req:
+            message = _request(request)
+            if req is not None and len(message.digest) == 32:
+                req.digest = message.digest
+            response = await self.stat(message)
         return response
 
     async def _rpc_read(
         self, request: ReadBlobRequest | MalformedMessageError, context: _Context
     ) -> None:
-        async with (
-            self._call(context),
-            contextlib.aclosing(self.read(_request(request))) as pieces,
-        ):
-            async for piece in pieces:
-                try:
-                    # Waits until flow control lets the message go: the backpressure.
-                    await context.write(piece)
-                except Exception as e:  # the client went away: nobody to answer
-                    log.debug("Read: the stream broke: %s", e)
-                    return
+        async with self._call(context, "Read") as req:
+            message = _request(request)
+            if req is not None and len(message.digest) == 32:
+                req.digest = message.digest
+            async with contextlib.aclosing(self.read(message)) as pieces:
+                async for piece in pieces:
+                    try:
+                        # Waits until flow control lets the message go: the backpressure.
+                        await context.write(piece)
+                    except Exception as e:  # the client went away: nobody to answer
+                        log.debug("Read: the stream broke: %s", e)
+                        if req is not None:
+                            req.outcome, req.status = "cancelled", "CANCELLED"
+                        return
+                    if req is not None:
+                        req.bytes_sent += len(piece)
 
     async def _rpc_put(
         self, requests: AsyncIterator[BlobChunk | MalformedMessageError], context: _Context
     ) -> PutBlobResponse:
-        async def messages() -> AsyncIterator[BlobChunk]:
+        async def messages(req: Request | None) -> AsyncIterator[BlobChunk]:
             async for received in requests:
-                yield _request(received)
+                message = _request(received)
+                if req is not None:
+                    req.bytes_received += len(message.data)
+                yield message
             # The request stream ended. grpc.aio ends it alike when the client half-closed
             # and when the stream broke (reset, connection lost, a message over the size
             # limit): sending the response headers tells them apart, as it fails on a
@@ -251,9 +325,11 @@ class BlobServiceServicer:
                     grpc.StatusCode.CANCELLED, "Put: the stream broke before its end"
                 ) from e
 
-        async with self._call(context):
-            response = await self.put(messages())
-        return response
+        async with self._call(context, "Put") as req:
+            digest, stats = await self._store(messages(req))
+            if req is not None:
+                req.digest, req.write_stats = digest.digest, stats
+        return PutBlobResponse(digest=digest.digest)
 
     def _method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         methods: dict[str, Callable[[], grpc.RpcMethodHandler[Any, Any]]] = {

@@ -48,6 +48,7 @@ from castore.grpc._servicer import (
     PACKAGES,
     BlobServiceServicer,
 )
+from castore.observe import RequestObserver
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -129,6 +130,7 @@ async def serve(
     read_message_size: int = DEFAULT_READ_MESSAGE_SIZE,
     grace: float = 30.0,
     ssl_context: Any = None,
+    observer: RequestObserver | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Serve ``service`` on ``listen`` for the duration of the ``async with`` block.
 
@@ -136,7 +138,7 @@ async def serve(
     ``grpc+unix:///path``; ``grpc+https://host:port`` or ``tls_cert``/``tls_key`` (PEM
     files) or ready-made grpc ``credentials`` turn TLS on. On leaving the block the server
     stops listening, refuses new calls, waits up to ``grace`` seconds for the calls in
-    flight, then closes.
+    flight, then closes. ``observer`` is told about every call (:mod:`castore.observe`).
     """
     endpoint, options = parse_endpoint(listen)
     if options:
@@ -158,7 +160,10 @@ async def serve(
         log.warning("serving without TLS on %s, which is not a loopback address", endpoint.host)
 
     servicer = BlobServiceServicer(
-        service, max_message_size=max_message_size, read_message_size=read_message_size
+        service,
+        max_message_size=max_message_size,
+        read_message_size=read_message_size,
+        observer=observer,
     )
     hold_engine()
     server = grpc.aio.server(

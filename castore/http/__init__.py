@@ -43,18 +43,21 @@ malformed digest or header, ``404`` missing blob or unknown path, ``405`` wrong 
 
 The modules, one job each: ``_app`` routes requests, ``_reads`` answers blob and chunk
 reads, ``_uploads`` stores uploads, ``_range`` reads ``Range`` headers and numbers,
-``_asgi`` holds the ASGI plumbing and the error answers, ``_server`` runs uvicorn.
+``_asgi`` holds the ASGI plumbing and the error answers, ``_observed`` reports each
+request to an observer (:mod:`castore.observe`) and sends its id back as the
+``x-request-id`` header, ``_server`` runs uvicorn.
 """
 
 from castore.http._app import DEFAULT_MAX_UPLOAD, DEFAULT_PIECE_SIZE, BlobGateway, app
 from castore.http._asgi import Message, Receive, Scope, Send
 from castore.http._range import UNSATISFIABLE, parse_range
-from castore.http._server import parse_http_address, serve_http
+from castore.http._server import ASGIApp, parse_http_address, serve_asgi, serve_http
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD",
     "DEFAULT_PIECE_SIZE",
     "UNSATISFIABLE",
+    "ASGIApp",
     "BlobGateway",
     "Message",
     "Receive",
@@ -63,5 +66,6 @@ __all__ = [
     "app",
     "parse_http_address",
     "parse_range",
+    "serve_asgi",
     "serve_http",
 ]

@@ -6,15 +6,20 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import anyio
 
 from castore.blobservice import BlobService
 from castore.http._app import DEFAULT_MAX_UPLOAD, app
+from castore.http._asgi import Receive, Scope, Send
 from castore.http._range import number
+from castore.observe import RequestObserver
 
-__all__ = ["parse_http_address", "serve_http"]
+__all__ = ["ASGIApp", "parse_http_address", "serve_asgi", "serve_http"]
+
+#: An ASGI application, as :func:`serve_asgi` runs it.
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _log = logging.getLogger("castore.http")
 
@@ -41,6 +46,7 @@ async def serve_http(
     max_upload: int | None = DEFAULT_MAX_UPLOAD,
     grace: float = 30.0,
     access_log: bool = True,
+    observer: RequestObserver | None = None,
 ) -> AsyncIterator[str]:
     """Serve :func:`app` for ``service`` on uvicorn at ``address``, in this asyncio loop.
 
@@ -49,7 +55,23 @@ async def serve_http(
     ``grace`` seconds to finish. uvicorn (a dependency of castore) is driven
     programmatically: it installs no signal handlers and leaves logging configuration to
     the caller, so it can run beside a gRPC server in one process (``castore serve``).
+    ``observer`` is told about every request (:mod:`castore.observe`).
     """
+    gateway = app(service, max_upload=max_upload, observer=observer)
+    async with serve_asgi(gateway, address, grace=grace, access_log=access_log) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serve_asgi(
+    application: ASGIApp,
+    address: str = "127.0.0.1:8080",
+    *,
+    grace: float = 30.0,
+    access_log: bool = True,
+) -> AsyncIterator[str]:
+    """Serve any ASGI ``application`` as :func:`serve_http` serves the gateway (a gateway
+    composed with other routes, say); yields the URL it listens on."""
     try:
         import uvicorn
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -71,7 +93,7 @@ async def serve_http(
         sock.bind((host, port))
         port = sock.getsockname()[1]
         config = uvicorn.Config(
-            app(service, max_upload=max_upload),
+            application,
             lifespan="off",
             log_config=None,
             access_log=access_log,

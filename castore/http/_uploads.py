@@ -10,7 +10,8 @@ from urllib.parse import quote
 
 import anyio
 
-from castore.blobservice import BlobService
+from castore._digest import B3Digest
+from castore.blobservice import BlobService, WriteStats
 from castore.http._asgi import (
     HTTPError,
     Receive,
@@ -36,8 +37,12 @@ _DRAIN_LIMIT = 1 << 20
 
 async def receive_upload(
     service: BlobService, limit: int | None, scope: Scope, receive: Receive, send: Send
-) -> None:
-    """Store the request body; answer ``201`` with its digest, hex and size."""
+) -> tuple[B3Digest, WriteStats | None] | None:
+    """Store the request body; answer ``201`` with its digest, hex and size.
+
+    Returns the digest and what the writer says it stored, or ``None`` when the client
+    left before the end of the body (nothing stored, nothing answered).
+    """
     declared_text = header(scope, b"content-length")
     declared: int | None = None
     if declared_text is not None:
@@ -62,7 +67,7 @@ async def receive_upload(
             if message.get("type") == "http.disconnect":
                 # The client left mid-body: store nothing, answer no one.
                 await writer.abort()
-                return
+                return None
             body = message.get("body", b"")
             if not isinstance(body, bytes | bytearray | memoryview):
                 raise TypeError(f"ASGI body must be bytes, got {type(body).__name__}")
@@ -95,3 +100,4 @@ async def receive_upload(
         {"digest": str(digest), "hex": digest.hex(), "size": size},
         ((b"location", location.encode("ascii")), (b"etag", etag(digest))),
     )
+    return digest, writer.write_stats
