@@ -13,9 +13,11 @@ process over a fault-injecting store, to count store errors of a failing store.
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -471,3 +473,37 @@ def test_json_log_lines_carry_every_field() -> None:
     assert doc["error"] == "ConnectionError: gone" and doc["peer"] == "ipv4:127.0.0.1:5"
     assert doc["time"].endswith("Z")
     assert "request_id=rid-1 protocol=grpc method=Put outcome=error" in record.getMessage()
+
+
+def test_a_stuck_log_reader_holds_up_no_request_and_drops_are_counted() -> None:
+    from castore.cli._logs import QUEUE_LIMIT, _Writer
+
+    class Stuck(io.StringIO):
+        """stderr whose reader stops reading until ``go`` is set."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.go = threading.Event()
+            self.entered = threading.Event()
+
+        def write(self, s: str) -> int:
+            self.entered.set()
+            assert self.go.wait(60)
+            return super().write(s)
+
+    def record(i: int) -> logging.LogRecord:
+        return logging.LogRecord("castore.serve.requests", logging.INFO, "", 0, "line %d",
+                                 (i,), None)  # fmt: skip
+
+    stream = Stuck()
+    writer = _Writer(logging.Formatter("%(message)s"), stream)
+    writer.handle(record(0))
+    assert stream.entered.wait(60)  # the writing thread is stuck in write()
+    for i in range(1, QUEUE_LIMIT + 11):
+        writer.handle(record(i))  # returns at once: queued, or dropped once the queue is full
+    stream.go.set()
+    writer.stop(timeout=60)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "line 0"
+    assert "10 log records dropped" in lines[1]
+    assert lines[2:] == [f"line {i}" for i in range(1, QUEUE_LIMIT + 1)]

@@ -14,7 +14,6 @@ so that a slow log reader never holds up the event loop.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import queue
@@ -22,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TextIO
 
 from castore.observe import Request
 
@@ -30,6 +29,7 @@ __all__ = [
     "FORMATS",
     "QUEUE_LIMIT",
     "REQUEST_LOGGER",
+    "WRITE_INTERVAL",
     "JsonFormatter",
     "log_request",
     "request_fields",
@@ -85,7 +85,13 @@ def log_request(req: Request) -> None:
     level = logging.WARNING if req.outcome in _TROUBLE else logging.INFO
     if _log.isEnabledFor(level):
         fields = request_fields(req)
-        _log.log(level, "request %s", fields, extra={"castore_request": fields})
+        # makeRecord and handle rather than log(): the same record and filters, without
+        # the search of the call stack for the caller's line, a tenth of the cost.
+        record = _log.makeRecord(
+            REQUEST_LOGGER, level, __file__, 0, "request %s", (fields,), None,
+            extra={"castore_request": fields},
+        )  # fmt: skip
+        _log.handle(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -118,46 +124,75 @@ def _iso_time(created: float) -> str:
 
 #: Records waiting for the writing thread; past that, new ones are dropped (and counted).
 QUEUE_LIMIT: Final = 4096
+#: Seconds between the writing thread's rounds.
+WRITE_INTERVAL: Final = 0.05
 
 
 class _Writer(logging.Handler):
-    """Queues records for a thread that formats and writes them with ``out``.
+    """Queues records for a thread that formats and writes them, a batch at a time.
 
-    Bounded: a log reader that stops reading blocks only that thread, and once
-    :data:`QUEUE_LIMIT` records wait, new ones are dropped; the thread says how many
-    when it catches up. Neither the event loop nor memory waits on the reader.
+    The thread wakes every :data:`WRITE_INTERVAL` seconds and writes what came meanwhile
+    in one call, so that logging a record costs the event loop a queue put and no thread
+    switch. Bounded: a log reader that stops reading blocks only that thread, and once
+    :data:`QUEUE_LIMIT` records wait, new ones are dropped; the thread says how many when
+    it catches up. Neither the event loop nor memory waits on the reader.
     """
 
-    def __init__(self, out: logging.Handler) -> None:
+    def __init__(self, formatter: logging.Formatter, stream: TextIO) -> None:
         super().__init__()
-        self._out = out
-        self._queue: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_LIMIT)
+        self.setFormatter(formatter)
+        self._stream = stream
+        self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self._dropped = 0
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="castore-log", daemon=True)
         self._thread.start()
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if self._queue.qsize() >= QUEUE_LIMIT:
             self._dropped += 1
+        else:
+            self._queue.put(record)
 
     def _run(self) -> None:
-        while (record := self._queue.get()) is not None:
-            dropped, self._dropped = self._dropped, 0
-            if dropped:
-                note = logging.LogRecord(
-                    "castore.serve", logging.WARNING, __file__, 0,
-                    "%d log records dropped: nothing was reading the log fast enough",
-                    (dropped,), None,
-                )  # fmt: skip
-                self._out.handle(note)
-            self._out.handle(record)
+        while True:
+            stopping = self._stopping.wait(WRITE_INTERVAL)
+            self._write_batch()
+            if stopping:
+                return
+
+    def _write_batch(self) -> None:
+        lines = []
+        dropped, self._dropped = self._dropped, 0
+        if dropped:
+            lines.append(
+                self.format(
+                    logging.LogRecord(
+                        "castore.serve", logging.WARNING, __file__, 0,
+                        "%d log records dropped: nothing was reading the log fast enough",
+                        (dropped,), None,
+                    )
+                )
+            )  # fmt: skip
+        while True:
+            try:
+                record = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                lines.append(self.format(record))
+            except Exception:
+                self.handleError(record)
+        if lines:
+            try:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):  # stderr closed or gone: nothing to tell it
+                pass
 
     def stop(self, timeout: float) -> None:
-        """Write what is queued, for up to ``timeout`` seconds, then stop."""
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout)
+        """Write what is queued (waiting up to ``timeout`` seconds for that), then stop."""
+        self._stopping.set()
         self._thread.join(timeout)
 
 
@@ -171,12 +206,10 @@ def start_logging(fmt: str) -> Callable[[], None] | None:
     root = logging.getLogger()
     if root.handlers:
         return None
-    out = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        out.setFormatter(JsonFormatter())
-    else:
-        out.setFormatter(logging.Formatter("castore serve: %(message)s"))
-    writer = _Writer(out)
+    formatter = (
+        JsonFormatter() if fmt == "json" else logging.Formatter("castore serve: %(message)s")
+    )
+    writer = _Writer(formatter, sys.stderr)
     root.addHandler(writer)
     root.setLevel(logging.INFO)
 
