@@ -5,8 +5,9 @@ Two servers of ``memory://`` run side by side, each in its own process:
 
 - ``castore serve`` as users start it: every call counted in Prometheus metrics and logged
   as one line (text, to a pipe this process drains);
-- the same gRPC server with no observer (:func:`castore.grpc.serve`, nothing counted,
-  nothing logged), run by this module's ``bare-server`` role.
+- the same command with no observer given to its gRPC server (nothing counted, nothing
+  logged, no request ids), run by this module's ``bare-server`` role: ``castore serve``'s
+  own code with :func:`castore.grpc.serve` called without ``observer``.
 
 Rounds alternate between them, the order flipped each round: a ``Put`` and a ``Read`` of
 ``--size`` bytes by the gRPC section's client (:mod:`benchmarks.grpc_child`), then
@@ -93,16 +94,21 @@ def measure(size: int, calls: int, rounds: int) -> dict[str, dict[str, list[floa
     return figures
 
 
-async def _bare_server() -> None:
-    import castore
-    import castore.grpc
+def _bare_server() -> int:
+    """``castore serve`` whose gRPC server is given no observer."""
+    from contextlib import AbstractAsyncContextManager
+    from typing import Any
 
-    async with (
-        castore.from_addr("memory://") as service,
-        castore.grpc.serve(service, "grpc+http://127.0.0.1:0", grace=1) as server,
-    ):
-        print(_PREFIX.decode() + server.url, file=sys.stderr, flush=True)
-        await asyncio.to_thread(sys.stdin.read)
+    from castore.cli import _serve, main
+    from castore.grpc.server import RunningServer, serve
+
+    def without_observer(*args: Any, **kwargs: Any) -> AbstractAsyncContextManager[RunningServer]:
+        kwargs.pop("observer", None)
+        return serve(*args, **kwargs)
+
+    vars(_serve)["serve"] = without_observer  # what _serve._start calls
+    return main(["serve", "--store", "memory://", "--listen", "grpc+http://127.0.0.1:0",
+                 "--grace", "1"])  # fmt: skip
 
 
 async def _stat_client(url: str, calls: int) -> None:
@@ -121,14 +127,13 @@ async def _stat_client(url: str, calls: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if argv and argv[0] in ("bare-server", "stat-client"):
+    if argv[:1] == ["bare-server"]:
+        raise SystemExit(_bare_server())  # the command tunes the allocator itself
+    if argv[:1] == ["stat-client"]:
         from castore.cli._allocator import tune_allocator
 
         tune_allocator()  # as castore serve and the section's clients do
-        if argv[0] == "bare-server":
-            asyncio.run(_bare_server())
-        else:
-            asyncio.run(_stat_client(argv[1], int(argv[2])))
+        asyncio.run(_stat_client(argv[1], int(argv[2])))
         return
     p = argparse.ArgumentParser(prog="python -m benchmarks.observe_overhead")
     p.add_argument("--size", type=parse_size, default=parse_size("128M"))
