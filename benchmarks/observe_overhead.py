@@ -13,7 +13,8 @@ Rounds alternate between them, the order flipped each round: a ``Put`` and a ``R
 ``--size`` bytes by the gRPC section's client (:mod:`benchmarks.grpc_child`), then
 ``--calls`` ``Stat`` calls one after the other, where a call's fixed costs weigh most.
 Each figure is the server process's CPU (user + system, from ``/proc``) per MiB or per
-call, the median of ``--rounds``; the ratio is observed over bare. Not a section of the
+call, the median of ``--rounds``; the ratio is the median of each round's observed over
+bare. Not a section of the
 benchmark: run it when the observer changes.
 
 ::
@@ -100,6 +101,7 @@ def _bare_server() -> int:
     from typing import Any
 
     from castore.cli import _serve, main
+    from castore.cli._allocator import tune_allocator
     from castore.grpc.server import RunningServer, serve
 
     def without_observer(*args: Any, **kwargs: Any) -> AbstractAsyncContextManager[RunningServer]:
@@ -107,6 +109,8 @@ def _bare_server() -> int:
         return serve(*args, **kwargs)
 
     vars(_serve)["serve"] = without_observer  # what _serve._start calls
+    # main(argv) leaves the allocator alone; the castore command tunes it: do the same.
+    tune_allocator()
     return main(["serve", "--store", "memory://", "--listen", "grpc+http://127.0.0.1:0",
                  "--grace", "1"])  # fmt: skip
 
@@ -128,7 +132,7 @@ async def _stat_client(url: str, calls: int) -> None:
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["bare-server"]:
-        raise SystemExit(_bare_server())  # the command tunes the allocator itself
+        raise SystemExit(_bare_server())
     if argv[:1] == ["stat-client"]:
         from castore.cli._allocator import tune_allocator
 
@@ -143,9 +147,12 @@ def main(argv: list[str]) -> None:
     figures = measure(args.size, args.calls, args.rounds)
     rows = []
     for op, unit in (("put", "ms/MiB"), ("read", "ms/MiB"), ("stat", "µs/call")):
-        obs = statistics.median(figures["observed"][op])
-        bare = statistics.median(figures["bare"][op])
-        rows.append({"op": op, "unit": unit, "observed": obs, "bare": bare, "ratio": obs / bare})
+        observed, bare = figures["observed"][op], figures["bare"][op]
+        # The ratio of each round (the two servers measured back to back), then their
+        # median: a change in the machine's load between rounds cancels out.
+        ratio = statistics.median(o / b for o, b in zip(observed, bare, strict=True))
+        obs, base = statistics.median(observed), statistics.median(bare)
+        rows.append({"op": op, "unit": unit, "observed": obs, "bare": base, "ratio": ratio})
     size = args.size / MIB
     print(f"server CPU, median of {args.rounds} rounds ({size:,.0f} MiB, {args.calls} Stats):")
     for r in rows:
