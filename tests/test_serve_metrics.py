@@ -380,6 +380,38 @@ def _check_scrapes(scrapes: list[Samples]) -> None:
         assert all(v >= 0 for (n, _), v in s.items() if n == "castore_requests_in_flight")
 
 
+async def test_a_grpc_only_server_serves_metrics_on_their_own_port() -> None:
+    async with castore_serve(
+        "--store", "objectstore+memory:///", "--listen", "grpc+http://127.0.0.1:0",
+        "--metrics", "127.0.0.1:0",
+    ) as served:  # fmt: skip
+        target = (await served.url()).removeprefix("grpc+http://")
+        url = await served.wait_for("castore serve: metrics on ")
+        assert url.endswith("/metrics")
+        base = url.removesuffix("/metrics")
+        missing = B3Digest.of(b"not stored")
+        async with (
+            grpc.aio.insecure_channel(target) as channel,
+            httpx.AsyncClient(timeout=30) as http,
+        ):
+            assert await grpc_stat(channel, missing.digest) == grpc.StatusCode.NOT_FOUND
+            s = await scrape(http, base)
+            # Only /metrics: the gateway is not served here.
+            assert (await http.get(f"{base}/blobs/{missing.hex()}")).status_code == 404
+        labels = {"protocol": "grpc", "method": "Stat"}
+        assert value(s, "castore_requests_total", outcome="not_found", **labels) == 1
+        assert total(s, "castore_requests_total") == 1
+        assert value(s, "castore_request_duration_seconds_count", **labels) == 1
+        # The default log format: text, the request's fields as key=value.
+        prefix = "castore serve: request request_id="
+        with anyio.fail_after(30):
+            while not any(line.startswith(prefix) for line in served.lines):
+                await served.changed.wait()
+        line = next(line for line in served.lines if line.startswith(prefix))
+        assert " protocol=grpc method=Stat outcome=not_found status=NOT_FOUND " in line
+        assert f" digest={missing.hex()} " in line
+
+
 # --- a failing store, through the command's own composition ------------------------------
 
 
