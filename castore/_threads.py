@@ -15,6 +15,7 @@ the machine's count, so a container limited to two CPUs gets two workers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +23,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, Unpack
 
 import anyio.to_thread
+import blake3
 
 if TYPE_CHECKING:
-    import blake3
     from typing_extensions import Buffer
 
 __all__ = [
     "THRESHOLDS",
+    "BatchHasher",
     "Thresholds",
     "cpu_pool",
     "hash_update",
@@ -100,3 +102,54 @@ async def run_sized(
 async def hash_update(hasher: blake3.blake3, data: Buffer) -> None:
     """``hasher.update(data)``, in a worker thread for inputs of ``THRESHOLDS.hash`` or more."""
     await run_sized(len(memoryview(data)), THRESHOLDS.hash, hasher.update, data)
+
+
+def _update_all(hasher: blake3.blake3, pieces: list[bytes | memoryview]) -> None:
+    for piece in pieces:
+        hasher.update(piece)
+
+
+class BatchHasher:
+    """The BLAKE3 of pieces added in order, hashed in a worker thread ``batch`` bytes a hop.
+
+    For streams of many pieces (a gRPC stream's 256 KiB messages): a hop per piece costs
+    as much as hashing it, so pieces are gathered and each full batch is handed to
+    asyncio's default executor in one hop, to be hashed while the next batch gathers. At
+    most one batch is hashed at a time, which keeps the order: :meth:`add` waits for the
+    batch before when the next one is full. Pieces must not change once added (``bytes``,
+    or read-only views of ``bytes``). A cancelled wait leaves the batch being hashed in
+    place, so a later :meth:`add` or :meth:`digest` still waits for it.
+    """
+
+    __slots__ = ("_batch", "_gathered", "_hasher", "_hashing", "_size")
+
+    def __init__(self, batch: int = 4 << 20) -> None:
+        self._hasher = blake3.blake3(max_threads=1)
+        self._batch = batch
+        self._gathered: list[bytes | memoryview] = []
+        self._size = 0
+        self._hashing: asyncio.Future[None] | None = None
+
+    async def add(self, piece: bytes | memoryview) -> None:
+        """Add ``piece``; once a batch is full, wait for the previous batch (if it is
+        still being hashed) and start hashing this one."""
+        self._gathered.append(piece)
+        self._size += len(piece)
+        if self._size >= self._batch:
+            await self._wait()
+            batch, self._gathered, self._size = self._gathered, [], 0
+            loop = asyncio.get_running_loop()
+            self._hashing = loop.run_in_executor(None, _update_all, self._hasher, batch)
+
+    async def _wait(self) -> None:
+        if self._hashing is not None:
+            await asyncio.shield(self._hashing)
+            self._hashing = None
+
+    async def digest(self) -> bytes:
+        """The digest of everything added (hashing what is left, off the loop if large)."""
+        await self._wait()
+        rest, self._gathered = self._gathered, []
+        await run_sized(self._size, THRESHOLDS.hash, _update_all, self._hasher, rest)
+        self._size = 0
+        return self._hasher.digest()

@@ -50,7 +50,7 @@ from castore._threads import THRESHOLDS, run_sized
 from castore.blobservice import BlobService, WriteStats
 from castore.errors import InvalidDigestError, MalformedMessageError
 from castore.grpc._errors import GRPCStatusError, to_grpc_error
-from castore.grpc._wire import deserializer, encode, encode_blob_chunk
+from castore.grpc._wire import blob_chunk_payload, deserializer, encode, encode_blob_chunk
 from castore.observe import REQUEST_ID_HEADER, Request, RequestObserver, request_id
 
 __all__ = [
@@ -194,18 +194,25 @@ class BlobServiceServicer:
 
     async def put(self, messages: AsyncIterator[BlobChunk]) -> PutBlobResponse:
         """Store the streamed bytes; anything but a clean end of stream stores nothing."""
-        digest, _ = await self._store(messages)
+
+        async def payloads() -> AsyncIterator[bytes]:
+            async for message in messages:
+                yield message.data
+
+        digest, _ = await self._store(payloads())
         return PutBlobResponse(digest=digest.digest)
 
     async def _store(
-        self, messages: AsyncIterator[BlobChunk]
+        self, payloads: AsyncIterator[bytes | memoryview]
     ) -> tuple[B3Digest, WriteStats | None]:
-        """:meth:`put`, with what the writer says it stored."""
+        """:meth:`put` on the messages' payloads, with what the writer says it stored.
+        Each payload goes to the writer as it came: on the wire, a view of the received
+        message (no copy of its own)."""
         writer = await self.service.open_write()
         try:
-            async for message in messages:
-                if message.data:
-                    await writer.write(message.data)
+            async for payload in payloads:
+                if payload:
+                    await writer.write(payload)
             digest = await writer.close()
         except BaseException as e:
             # A reset or vanished client cancels this task; an error surfaces here too.
@@ -306,14 +313,14 @@ class BlobServiceServicer:
                         req.bytes_sent += len(piece)
 
     async def _rpc_put(
-        self, requests: AsyncIterator[BlobChunk | MalformedMessageError], context: _Context
+        self, requests: AsyncIterator[memoryview | MalformedMessageError], context: _Context
     ) -> PutBlobResponse:
-        async def messages(req: Request | None) -> AsyncIterator[BlobChunk]:
+        async def payloads(req: Request | None) -> AsyncIterator[memoryview]:
             async for received in requests:
-                message = _request(received)
+                payload = _request(received)
                 if req is not None:
-                    req.bytes_received += len(message.data)
-                yield message
+                    req.bytes_received += len(payload)
+                yield payload
             # The request stream ended. grpc.aio ends it alike when the client half-closed
             # and when the stream broke (reset, connection lost, a message over the size
             # limit): sending the response headers tells them apart, as it fails on a
@@ -326,7 +333,7 @@ class BlobServiceServicer:
                 ) from e
 
         async with self._call(context, "Put") as req:
-            digest, stats = await self._store(messages(req))
+            digest, stats = await self._store(payloads(req))
             if req is not None:
                 req.digest, req.write_stats = digest.digest, stats
         return PutBlobResponse(digest=digest.digest)
@@ -345,7 +352,7 @@ class BlobServiceServicer:
             ),
             "Put": lambda: grpc.stream_unary_rpc_method_handler(
                 self._rpc_put,
-                request_deserializer=deserializer(BlobChunk),
+                request_deserializer=blob_chunk_payload,
                 response_serializer=encode,
             ),
         }

@@ -40,7 +40,14 @@ from castore._proto.tvix.castore.v1 import (
 )
 from castore.errors import MalformedMessageError
 
-__all__ = ["checked", "decode", "deserializer", "encode", "encode_blob_chunk"]
+__all__ = [
+    "blob_chunk_payload",
+    "checked",
+    "decode",
+    "deserializer",
+    "encode",
+    "encode_blob_chunk",
+]
 
 _M = TypeVar("_M", bound=betterproto2.Message)
 
@@ -223,6 +230,32 @@ def deserializer(message_type: type[_M]) -> Callable[[bytes], _M | MalformedMess
             return e
 
     return parse
+
+
+def blob_chunk_payload(data: bytes) -> memoryview | MalformedMessageError:
+    """A ``BlobChunk``'s ``data`` as a view of the received ``data``, not a copy; or the
+    :class:`MalformedMessageError` saying why it does not decode (returned, not raised,
+    as :func:`deserializer` does).
+
+    The deserializer of the server's ``Put``, whose payloads go to the store's writer as
+    they are (a read-only view of ``bytes`` is kept without a copy by the stores that
+    keep what they are given). A message that is exactly field 1 and its bytes, as every
+    client sends it, is read here; any other shape is decoded by :func:`decode`, with the
+    same result.
+    """
+    end = len(data)
+    try:
+        number, wire, pos = _tag(data, 0, end)
+        if number == 1 and wire == _LEN:
+            n, pos = _varint32(data, pos, end, "length")
+            if pos + n == end:
+                return memoryview(data)[pos:]
+    except _Bad:
+        pass  # decode() says why
+    try:
+        return memoryview(decode(BlobChunk, data).data)
+    except MalformedMessageError as e:
+        return e
 
 
 def checked(received: _M | MalformedMessageError) -> _M:

@@ -401,8 +401,8 @@ class ObjectStoreBlobWriter(BlobWriter):
     """A :class:`~castore.BlobWriter` that feeds the pipeline described in this module.
 
     Caller data is copied into immutable ``bytes`` before it leaves :meth:`write` (the
-    store may keep references to what it is given), except ``bytes`` themselves, which
-    are passed on as they are.
+    store may keep references to what it is given), except ``bytes`` themselves and
+    read-only views of ``bytes``, which are passed on as they are.
     """
 
     def __init__(
@@ -473,7 +473,9 @@ class ObjectStoreBlobWriter(BlobWriter):
                 await self._flush_small()
             return
         await self._flush_small()
-        immutable = isinstance(data, bytes)
+        # bytes, or a read-only view of bytes (a received gRPC message), cannot change:
+        # their pieces go on without a copy.
+        immutable = isinstance(data, bytes) or (mv.readonly and type(mv.obj) is bytes)
         step = cfg.piece
         for i in range(0, n, step):
             part = mv[i : i + step]

@@ -30,7 +30,7 @@ from castore._proto.tvix.castore.v1 import (
     StatBlobResponse,
 )
 from castore.errors import MalformedMessageError, StoreError
-from castore.grpc._wire import decode
+from castore.grpc._wire import blob_chunk_payload, decode
 
 MESSAGES = {
     "BlobChunk": BlobChunk,
@@ -105,6 +105,49 @@ def test_decoding_agrees_with_google_protobuf(stubs: Stubs, data: bytes) -> None
     _agree(stubs, data)
 
 
+# Put payloads as the server reads them: a view of the received message, read directly
+# when the message is field 1 alone, else through decode().
+_put_shapes = st.one_of(
+    st.binary(max_size=300).map(lambda b: b"\x0a" + _varint(len(b)) + b),
+    st.builds(
+        lambda b, cut: (b"\x0a" + _varint(len(b)) + b)[:cut],
+        st.binary(max_size=40),
+        st.integers(0, 45),
+    ),
+    st.builds(
+        lambda b, tail: b"\x0a" + _varint(len(b)) + b + tail, st.binary(max_size=40), _structured
+    ),
+    st.builds(
+        lambda head, b: head + b"\x0a" + _varint(len(b)) + b, _structured, st.binary(max_size=40)
+    ),
+    st.binary(max_size=64),
+    _structured,
+)
+
+
+@_SETTINGS
+@given(data=_put_shapes)
+def test_put_payload_views_agree_with_decode(stubs: Stubs, data: bytes) -> None:
+    try:
+        expected: bytes | None = decode(BlobChunk, data).data
+    except MalformedMessageError:
+        expected = None
+    got = blob_chunk_payload(data)
+    assert (None if isinstance(got, MalformedMessageError) else bytes(got)) == expected
+    try:
+        theirs: bytes | None = stubs.pb2.BlobChunk.FromString(data).data
+    except DecodeError:
+        theirs = None
+    assert theirs == expected
+
+
+def test_put_payload_is_a_view_of_the_message() -> None:
+    message = b"\x0a\x83\x80\x01" + b"p" * 16387  # a length in three bytes
+    view = blob_chunk_payload(message)
+    assert isinstance(view, memoryview)
+    assert view.obj is message and view.readonly and bytes(view) == b"p" * 16387
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -123,6 +166,7 @@ def test_decoding_agrees_with_google_protobuf(stubs: Stubs, data: bytes) -> None
 def test_malformed_messages_are_rejected(stubs: Stubs, data: bytes) -> None:
     with pytest.raises(MalformedMessageError):
         decode(BlobChunk, data)
+    assert isinstance(blob_chunk_payload(data), MalformedMessageError)
     with pytest.raises(DecodeError):
         stubs.pb2.BlobChunk.FromString(data)
 
