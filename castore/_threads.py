@@ -104,9 +104,19 @@ async def hash_update(hasher: blake3.blake3, data: Buffer) -> None:
     await run_sized(len(memoryview(data)), THRESHOLDS.hash, hasher.update, data)
 
 
-def _update_all(hasher: blake3.blake3, pieces: list[bytes | memoryview]) -> None:
+def _update_all(
+    hasher: blake3.blake3, pieces: list[bytes | memoryview], own: bool
+) -> list[bytes | memoryview]:
+    """Hash ``pieces`` in order; with ``own``, views are copied into bytes of their own."""
+    if not own:
+        for piece in pieces:
+            hasher.update(piece)
+        return pieces
+    out: list[bytes | memoryview] = []
     for piece in pieces:
         hasher.update(piece)
+        out.append(piece if type(piece) is bytes else bytes(piece))
+    return out
 
 
 class BatchHasher:
@@ -119,16 +129,25 @@ class BatchHasher:
     batch before when the next one is full. Pieces must not change once added (``bytes``,
     or read-only views of ``bytes``). A cancelled wait leaves the batch being hashed in
     place, so a later :meth:`add` or :meth:`digest` still waits for it.
+
+    With ``own=True`` the worker also copies each view into ``bytes`` of its own (``bytes``
+    are kept as they are), and :attr:`pieces` holds them in order once :meth:`digest`
+    returned: a store that keeps what it receives then touches its fresh memory in the
+    worker, not on the event loop (first touch costs about 0.6 ms of CPU per MiB on the
+    project's VMs, and a received gRPC message's bytes are freed for reuse once copied).
     """
 
-    __slots__ = ("_batch", "_gathered", "_hasher", "_hashing", "_size")
+    __slots__ = ("_batch", "_gathered", "_hasher", "_hashing", "_own", "_size", "pieces")
 
-    def __init__(self, batch: int = 4 << 20) -> None:
+    def __init__(self, batch: int = 4 << 20, *, own: bool = False) -> None:
         self._hasher = blake3.blake3(max_threads=1)
         self._batch = batch
+        self._own = own
         self._gathered: list[bytes | memoryview] = []
         self._size = 0
-        self._hashing: asyncio.Future[None] | None = None
+        self._hashing: asyncio.Future[list[bytes | memoryview]] | None = None
+        #: With ``own``: the pieces hashed so far, as kept (all of them after :meth:`digest`).
+        self.pieces: list[bytes | memoryview] = []
 
     async def add(self, piece: bytes | memoryview) -> None:
         """Add ``piece``; once a batch is full, wait for the previous batch (if it is
@@ -139,17 +158,21 @@ class BatchHasher:
             await self._wait()
             batch, self._gathered, self._size = self._gathered, [], 0
             loop = asyncio.get_running_loop()
-            self._hashing = loop.run_in_executor(None, _update_all, self._hasher, batch)
+            self._hashing = loop.run_in_executor(None, _update_all, self._hasher, batch, self._own)
 
     async def _wait(self) -> None:
         if self._hashing is not None:
-            await asyncio.shield(self._hashing)
+            done = await asyncio.shield(self._hashing)
             self._hashing = None
+            if self._own:
+                self.pieces += done
 
     async def digest(self) -> bytes:
         """The digest of everything added (hashing what is left, off the loop if large)."""
         await self._wait()
         rest, self._gathered = self._gathered, []
-        await run_sized(self._size, THRESHOLDS.hash, _update_all, self._hasher, rest)
-        self._size = 0
+        size, self._size = self._size, 0
+        done = await run_sized(size, THRESHOLDS.hash, _update_all, self._hasher, rest, self._own)
+        if self._own:
+            self.pieces += done
         return self._hasher.digest()

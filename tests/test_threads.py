@@ -91,3 +91,21 @@ async def test_batch_hasher_survives_a_cancelled_wait() -> None:
             scope.cancel()
             await hasher.add(piece)
     assert await hasher.digest() == blake3.blake3(b"".join(pieces)).digest()
+
+
+async def test_batch_hasher_owns_views_it_is_given() -> None:
+    # own=True: views come back as bytes of their own, bytes as themselves, in order.
+    source = bytes(range(256)) * 8192
+    pieces: list[bytes | memoryview] = []
+    for i in range(40):
+        piece = source[i * 50_000 : (i + 1) * 50_000]
+        pieces.append(piece if i % 3 else memoryview(source)[i * 50_000 : (i + 1) * 50_000])
+    hasher = BatchHasher(batch=300_000, own=True)
+    for given in pieces:
+        await hasher.add(given)
+    assert await hasher.digest() == blake3.blake3(source[: 40 * 50_000]).digest()
+    assert len(hasher.pieces) == len(pieces)
+    for given, kept in zip(pieces, hasher.pieces, strict=True):
+        assert type(kept) is bytes and kept == bytes(given)
+        if type(given) is bytes:
+            assert kept is given
