@@ -20,6 +20,7 @@ benchmark: run it when the observer changes.
 ::
 
     python -m benchmarks.observe_overhead --size 128M --calls 2000 --rounds 5
+    python -m benchmarks.observe_overhead --serve-args '--log-level warning'
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ _PREFIX = b"castore serve: listening on "
 
 
 @contextmanager
-def _server(observed: bool) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def _server(observed: bool, extra: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     if observed:
         command = module_command("castore", "serve", "--store", "memory://")
-        command += ["--listen", "grpc+http://127.0.0.1:0", "--grace", "1"]
+        command += ["--listen", "grpc+http://127.0.0.1:0", "--grace", "1", *extra]
     else:
         command = module_command("benchmarks.observe_overhead", "bare-server")
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
@@ -74,12 +75,14 @@ def _stats(url: str, server_pid: int, calls: int) -> PairRun:
     return _transfer("stat", "stat", cmd, server_pid)
 
 
-def measure(size: int, calls: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+def measure(
+    size: int, calls: int, rounds: int, extra: list[str]
+) -> dict[str, dict[str, list[float]]]:
     """Server CPU per MiB (put, read) and per call (stat), by server, for each round."""
     figures: dict[str, dict[str, list[float]]] = {
         name: {"put": [], "read": [], "stat": []} for name in ("observed", "bare")
     }
-    with _server(True) as observed, _server(False) as bare:
+    with _server(True, extra) as observed, _server(False, []) as bare:
         servers = {"observed": observed, "bare": bare}
         for i in range(rounds):
             order = ("observed", "bare") if i % 2 == 0 else ("bare", "observed")
@@ -143,8 +146,14 @@ def main(argv: list[str]) -> None:
     p.add_argument("--size", type=parse_size, default=parse_size("128M"))
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument(
+        "--serve-args",
+        default="",
+        metavar="ARGS",
+        help="more arguments for the observed castore serve (say '--log-level warning')",
+    )
     args = p.parse_args(argv)
-    figures = measure(args.size, args.calls, args.rounds)
+    figures = measure(args.size, args.calls, args.rounds, args.serve_args.split())
     rows = []
     for op, unit in (("put", "ms/MiB"), ("read", "ms/MiB"), ("stat", "µs/call")):
         observed, bare = figures["observed"][op], figures["bare"][op]

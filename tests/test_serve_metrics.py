@@ -17,6 +17,7 @@ import io
 import itertools
 import json
 import logging
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -410,6 +411,36 @@ async def test_a_grpc_only_server_serves_metrics_on_their_own_port() -> None:
         line = next(line for line in served.lines if line.startswith(prefix))
         assert " protocol=grpc method=Stat outcome=not_found status=NOT_FOUND " in line
         assert f" digest={missing.hex()} " in line
+
+
+async def test_log_level_warning_logs_only_the_failures() -> None:
+    # A gRPC store that nobody serves: every Stat that reaches it fails on the store.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    async with castore_serve(
+        "--store", f"grpc+http://127.0.0.1:{dead}", "--listen", "grpc+http://127.0.0.1:0",
+        "--metrics", "127.0.0.1:0", "--log-level", "warning", "--log-format", "json",
+    ) as served:  # fmt: skip
+        target = (await served.url()).removeprefix("grpc+http://")
+        base = (await served.wait_for("castore serve: metrics on ")).removesuffix("/metrics")
+        async with grpc.aio.insecure_channel(target) as channel:
+            # INFO: a digest of the wrong length is refused before the store is asked.
+            assert await grpc_stat(channel, b"short") == grpc.StatusCode.INVALID_ARGUMENT
+            # WARNING: the store fails.
+            assert await grpc_stat(channel, bytes(32)) == grpc.StatusCode.UNAVAILABLE
+        with anyio.fail_after(30):
+            while not request_lines(served):
+                await served.changed.wait()
+        async with httpx.AsyncClient(timeout=30) as http:
+            s = await scrape(http, base)
+    (line,) = request_lines(served)
+    assert line["outcome"] == "store_error" and line["level"] == "WARNING"
+    assert line["store_error"] == "StoreUnavailableError"
+    labels = {"protocol": "grpc", "method": "Stat"}
+    assert value(s, "castore_requests_total", outcome="invalid", **labels) == 1
+    assert value(s, "castore_requests_total", outcome="store_error", **labels) == 1
+    assert value(s, "castore_store_errors_total", kind="StoreUnavailableError") == 1
 
 
 # --- a failing store, through the command's own composition ------------------------------

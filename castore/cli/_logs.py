@@ -27,6 +27,7 @@ from castore.observe import Request
 
 __all__ = [
     "FORMATS",
+    "LEVELS",
     "QUEUE_LIMIT",
     "REQUEST_LOGGER",
     "WRITE_INTERVAL",
@@ -40,6 +41,8 @@ __all__ = [
 REQUEST_LOGGER: Final = "castore.serve.requests"
 #: The values of ``--log-format``.
 FORMATS: Final = ("text", "json")
+#: The values of ``--log-level``.
+LEVELS: Final = ("debug", "info", "warning", "error")
 
 _log = logging.getLogger(REQUEST_LOGGER)
 _TROUBLE: Final = frozenset(("store_error", "error"))
@@ -196,9 +199,10 @@ class _Writer(logging.Handler):
         self._thread.join(timeout)
 
 
-def start_logging(fmt: str) -> Callable[[], None] | None:
-    """Send every record at INFO or above to stderr in format ``fmt`` (``text`` or
-    ``json``), through a writing thread; returns the function that flushes and stops it.
+def start_logging(fmt: str, level: str = "info") -> Callable[[], None] | None:
+    """Send every record at ``level`` (one of :data:`LEVELS`) or above to stderr in format
+    ``fmt`` (``text`` or ``json``), through a writing thread; returns the function that
+    flushes and stops it.
 
     Does nothing (and returns ``None``) when the program has set up logging itself:
     ``castore.cli.main`` called from a host program keeps the host's configuration.
@@ -211,7 +215,7 @@ def start_logging(fmt: str) -> Callable[[], None] | None:
     )
     writer = _Writer(formatter, sys.stderr)
     root.addHandler(writer)
-    root.setLevel(logging.INFO)
+    root.setLevel(level.upper())
 
     def stop() -> None:
         root.removeHandler(writer)

@@ -18,7 +18,8 @@ the same store, in the same event loop; ``--no-grpc`` serves only that. It print
 Both front ends report every request to one :class:`~castore.cli._metrics.ServeMetrics`:
 Prometheus metrics, served at ``/metrics`` on the ``--http`` port and, with
 ``--metrics HOST:PORT``, on a port of their own (``castore serve: metrics on URL``); and
-one log line per request (:mod:`castore.cli._logs`, ``--log-format text|json``).
+one log line per request (:mod:`castore.cli._logs`, ``--log-format text|json``,
+``--log-level``).
 
 Nothing says it is listening before every server is: both addresses are bound first, and
 a failure to bind (an address in use, a port it may not take) exits 9 naming the address,
@@ -44,7 +45,7 @@ import prometheus_client
 from castore.blobservice import BlobService
 from castore.cli._command import Parser, Subparsers
 from castore.cli._errors import ExitCode, Failure
-from castore.cli._logs import FORMATS, log_request, start_logging
+from castore.cli._logs import FORMATS, LEVELS, log_request, start_logging
 from castore.cli._metrics import ServeMetrics, metrics_app
 from castore.cli._store import open_store
 from castore.errors import CastoreError, InvalidAddressError
@@ -123,6 +124,13 @@ def register(sub: Subparsers, common: Parser) -> None:
         choices=FORMATS,
         default="text",
         help="stderr log lines as text or as one JSON object each (default: text)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default="info",
+        help="the least level logged: info logs a line per request, warning only the "
+        "requests that failed on the store or a bug (default: info)",
     )
     p.add_argument(
         "--max-upload",
@@ -263,7 +271,7 @@ async def run(args: argparse.Namespace) -> int:
     # Not the *_created series of every counter: they double a scrape and say nothing
     # here. Process-wide, which this command owns (the library never changes it).
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    stop_logging = start_logging(args.log_format)
+    stop_logging = start_logging(args.log_format, args.log_level)
     try:
         return await _serve(args)
     finally:
