@@ -17,6 +17,7 @@ import io
 import itertools
 import json
 import logging
+import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterable
@@ -411,6 +412,46 @@ async def test_a_grpc_only_server_serves_metrics_on_their_own_port() -> None:
         line = next(line for line in served.lines if line.startswith(prefix))
         assert " protocol=grpc method=Stat outcome=not_found status=NOT_FOUND " in line
         assert f" digest={missing.hex()} " in line
+
+
+async def test_metrics_answer_while_the_calls_in_flight_drain() -> None:
+    data = pseudo_random_bytes(200_000, seed=8)
+    async with castore_serve(
+        "--store", "objectstore+memory:///", "--listen", "grpc+http://127.0.0.1:0",
+        "--metrics", "127.0.0.1:0", "--grace", "60",
+    ) as served:  # fmt: skip
+        target = (await served.url()).removeprefix("grpc+http://")
+        base = (await served.wait_for("castore serve: metrics on ")).removesuffix("/metrics")
+        release = anyio.Event()
+        async with (
+            grpc.aio.insecure_channel(target) as channel,
+            httpx.AsyncClient(timeout=30) as http,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(grpc_put, channel, data, "draining-put", release)
+
+            async def put_in_flight() -> AsyncIterator[bool]:
+                while True:
+                    s = await scrape(http, base)
+                    yield value(s, "castore_requests_in_flight", protocol="grpc", method="Put") == 1
+                    await anyio.sleep(0.02)
+
+            await _until(put_in_flight())
+            served.process.send_signal(signal.SIGTERM)
+            await served.wait_for("castore serve: SIGTERM: finishing 1 call(s) in flight")
+            # The gRPC server drains; /metrics still answers, and sees the Put.
+            during = await scrape(http, base)
+            assert value(during, "castore_requests_in_flight", protocol="grpc", method="Put") == 1
+            release.set()
+        with anyio.fail_after(60):
+            await served.process.wait()
+        assert served.process.returncode == 0
+        # The log is written out before the process ends.
+        with anyio.fail_after(30):
+            while not any("request_id=draining-put" in line for line in served.lines):
+                await served.changed.wait()
+    line = next(line for line in served.lines if "request_id=draining-put" in line)
+    assert " outcome=ok " in line
 
 
 async def test_log_level_warning_logs_only_the_failures() -> None:

@@ -222,6 +222,19 @@ async def _start(
     once all of them are up."""
     from castore.http import DEFAULT_MAX_UPLOAD, app, serve_asgi
 
+    # The metrics' own port first, so that it closes last: /metrics answers while the
+    # other servers drain their calls.
+    metrics_url = None
+    if args.metrics is not None:
+        async with _listening("http://" + args.metrics):
+            metrics_url = await stack.enter_async_context(
+                serve_asgi(
+                    metrics_app(metrics.registry),
+                    args.metrics,
+                    grace=min(args.grace, 5.0),
+                    access_log=False,
+                )
+            )
     running = None
     if not args.no_grpc:
         async with _listening(args.listen):
@@ -248,17 +261,6 @@ async def _start(
                     args.http,
                     grace=args.grace,
                     # Every request is logged by the observer, with its id.
-                    access_log=False,
-                )
-            )
-    metrics_url = None
-    if args.metrics is not None:
-        async with _listening("http://" + args.metrics):
-            metrics_url = await stack.enter_async_context(
-                serve_asgi(
-                    metrics_app(metrics.registry),
-                    args.metrics,
-                    grace=min(args.grace, 5.0),
                     access_log=False,
                 )
             )
