@@ -206,8 +206,10 @@ class Grpc(Section):
             f"One stream of {size:,.0f} MiB in 256 KiB messages over TCP on 127.0.0.1, each"
             " side its own process; best of the runs. castore: `castore serve --store"
             " memory://` and castore's client (`open_write`/`open_read`, 256 KiB writes and"
-            " reads, every byte hashed on both sides). The minimal pair passes pre-encoded"
-            " messages through grpc.aio and does nothing else. CPU is user + system time of"
+            " reads, every byte hashed on both sides; on `Put` the server keeps the whole"
+            " blob, so it touches that much fresh memory). The minimal pair passes"
+            " pre-encoded messages through grpc.aio and does nothing else (its server drops"
+            " what it receives). CPU is user + system time of"
             " each process over the transfer, every thread counted. Every process runs with"
             " the glibc allocator settings of the castore command (mmap threshold 32 MiB,"
             f" trim threshold 256 MiB){_tuning_note()}.",
