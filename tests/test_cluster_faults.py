@@ -496,3 +496,64 @@ async def test_the_collector_killed_mid_sweep_and_a_new_one_takes_over(
         await w.stop()
         figures = await verify(w, seaweedfs_cluster, castore_cluster_url)
     assert figures["gc_deleted"] > 0, figures
+
+
+# --- the checks themselves can fail ------------------------------------------------------------
+
+
+def test_the_journals_count_a_blob_live_only_when_no_delete_can_have_removed_it(
+    tmp_path: Path,
+) -> None:
+    writer, deleter = tmp_path / "writer.jsonl", tmp_path / "deleter.jsonl"
+    put = {"op": "put", "lane": "w.0", "via": "grpc", "size": 1, "attempt": 1}
+    lines = [
+        put | {"spec": "p:0", "hex": "aa", "t0": 1.0, "t1": 2.0},  # deleted after: gone
+        put | {"spec": "p:1", "hex": "bb", "t0": 1.0, "t1": 2.0},  # put again after: live
+        put | {"spec": "p:1", "hex": "bb", "t0": 5.0, "t1": 6.0},
+        put | {"spec": "p:2", "hex": "cc", "t0": 3.5, "t1": 4.5},  # overlaps a delete: gone
+        put | {"spec": "p:3", "hex": "dd", "t0": 1.0, "t1": 2.0},  # never deleted: live
+        put | {"spec": "p:0,1", "hex": "ee", "t0": 9.0, "t1": 9.5},  # delete failed: gone
+    ]
+    deletes = [
+        {"op": "deleting", "hex": "aa", "t0": 3.0},
+        {"op": "deleted", "hex": "aa", "found": True, "t0": 3.0, "t1": 3.1},
+        {"op": "deleting", "hex": "bb", "t0": 3.0},
+        {"op": "deleted", "hex": "bb", "found": True, "t0": 3.0, "t1": 4.0},
+        {"op": "deleting", "hex": "cc", "t0": 3.0},
+        {"op": "deleted", "hex": "cc", "found": True, "t0": 3.0, "t1": 4.0},
+        {"op": "deleting", "hex": "ee", "t0": 8.0},
+        {"op": "error", "where": "delete", "hex": "ee", "kind": "StoreError", "msg": "",
+         "t0": 8.0, "t1": 9.9},
+    ]  # fmt: skip
+    writer.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"op": "put", "sp')
+    deleter.write_text("".join(json.dumps(r) + "\n" for r in deletes))
+    truth = Truth.read([writer, deleter])
+    assert truth.live() == {"bb": "p:1", "dd": "p:3"}
+    assert truth.error_kinds() == {"delete:StoreError": 1}
+    assert not truth.bad
+    assert recovery(truth.puts, 0.5, {"w.0"}) == 1.5
+    assert recovery(truth.puts, 9.1, {"w.0"}) is None
+
+
+async def test_the_checks_see_a_missing_chunk(
+    seaweedfs_cluster: SeaweedFSCluster, castore_cluster_url: str
+) -> None:
+    store = f"{castore_cluster_url}&avg_chunk_size={AVG_CHUNK}"
+    data = blob_bytes("b:doomed:100000")
+    async with from_addr(store) as service:
+        digest = await service.put(data)
+        chunks = await service.chunks(digest)
+    assert chunks is not None and len(chunks) >= 2
+    bucket, prefix = _split(castore_cluster_url)
+    lost = chunks[1].digest.hex()
+    await obstore.delete_async(
+        seaweedfs_cluster.s3_store(bucket, prefix), f"chunks/b3/{lost[:4]}/{lost}"
+    )
+    indexes, missing = await _dangling(seaweedfs_cluster, castore_cluster_url)
+    assert indexes == 1
+    assert len(missing) == 1 and missing[0].endswith(lost)
+    result = await anyio.run_process(
+        [sys.executable, "-m", "castore", "--store", store, "check", "--json"], check=False
+    )
+    assert result.returncode == 1, result.stdout
+    assert b'"missing-chunk"' in result.stdout
