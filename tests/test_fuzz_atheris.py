@@ -78,10 +78,28 @@ def _target(name: str):  # type: ignore[no-untyped-def]
     return {"index": index, "chunk": chunk, "digest": digest}[name]
 
 
+def _fork_away_from_the_parents_peak() -> None:
+    """Go on in a forked child, so that libFuzzer's ``-rss_limit_mb`` sees this fuzzer's
+    memory alone.
+
+    Linux keeps a process's peak RSS (``ru_maxrss``, which libFuzzer checks) across
+    ``execve``, and a child that Python's subprocess starts inherits its parent's peak:
+    under a pytest process that had grown to 755 MB, the fuzzer began over its 512 MB
+    limit. A forked child's peak starts from its own memory. This process waits for
+    it and exits with its status.
+    """
+    pid = os.fork()
+    if pid == 0:
+        return
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+
+
 def main() -> None:
     import atheris
 
     name = sys.argv.pop(1)
+    _fork_away_from_the_parents_peak()
     with atheris.instrument_imports(include=["castore"]):
         import castore._digest
         import castore.objectstore._codec  # noqa: F401
@@ -102,6 +120,31 @@ def test_atheris(target: str) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     done = [line for line in out.stderr.splitlines() if line.startswith("Done ")]
     print(f"\natheris {target}: {done[-1] if done else out.stderr[-300:]}")
+
+
+def test_the_fuzzer_does_not_start_at_its_parents_peak_rss() -> None:
+    """A parent whose memory once reached 600 MB starts the harness: the fuzzer's RSS,
+    as libFuzzer reports it at start, is its own and under the 512 MB limit."""
+    pytest.importorskip("atheris", reason="atheris is not installed (castore[fuzz])")
+    parent = (
+        "import subprocess, sys\n"
+        "big = bytearray(600 << 20)\n"
+        "big[::4096] = b'\\x01' * len(range(0, len(big), 4096))\n"
+        "del big\n"
+        "sys.exit(subprocess.run(sys.argv[1:]).returncode)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", parent, sys.executable, __file__, "digest", "-runs=10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    inited = [line for line in out.stderr.splitlines() if "INITED" in line]
+    assert inited, out.stderr[-3000:]
+    rss_mb = int(inited[0].split("rss: ")[1].split("Mb")[0])
+    assert rss_mb < 512, inited[0]
 
 
 if __name__ == "__main__":
