@@ -201,12 +201,21 @@ class Uploads:
 
     async def _wait_one(self) -> None:
         done, _ = await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
+        # Every finished upload's outcome is taken, even after one has failed: a task
+        # collected with an error nobody took is logged by asyncio.
+        error: BaseException | None = None
         for t in done:
             self._bytes -= self._pending.pop(t)
-        for t in done:
             raw = self._raw.pop(t)
-            if t.result():
+            try:
+                stored = t.result()
+            except BaseException as e:
+                error = error or e
+                continue
+            if stored:
                 self._blob.count_new(raw)
+        if error is not None:
+            raise error
 
     async def drain(self) -> None:
         while self._pending:
