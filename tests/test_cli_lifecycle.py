@@ -4,6 +4,7 @@ reach."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -15,6 +16,7 @@ import pytest
 
 from castore import B3Digest
 from castore.cli import ExitCode, main
+from castore.cli._progress import Status
 
 
 @pytest.fixture
@@ -284,3 +286,23 @@ def test_check_shows_its_progress_on_a_terminal(tmp_path: Path, env: dict[str, s
         os.close(leader)
     assert proc.returncode == 0 and stdout.decode().endswith("no problems found\n")
     assert b"\rcheck: " in seen.replace(b"\x1b[K", b"") and seen.endswith(b"\r\x1b[K")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_status_line_draws_on_a_terminal_only_and_clears() -> None:
+    term = _Terminal()
+    status = Status("gc", term)
+    status("listing chunks", 7, 10)
+    status("listing chunks", 8, 10)  # within a tenth of a second: not redrawn
+    assert term.getvalue() == "\r\x1b[Kgc: listing chunks 7/10"
+    status.clear()
+    assert term.getvalue().endswith("\r\x1b[K")
+    plain = io.StringIO()
+    quiet = Status("check", plain)
+    quiet("reading chunks", 3)
+    quiet.clear()
+    assert plain.getvalue() == ""

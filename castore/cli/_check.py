@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from typing import TextIO
 
 from castore.blobservice import BlobService
 from castore.cli._command import Parser, Subparsers
 from castore.cli._errors import ExitCode, Failure
-from castore.cli._store import open_store
+from castore.cli._progress import Status, mib
+from castore.cli._store import object_store_of, open_store
 from castore.errors import InvalidAddressError
-from castore.objectstore import CheckProblem, CheckSummary, ObjectStoreBlobService, Subset
+from castore.objectstore import CheckProblem, CheckSummary, Subset
 from castore.registry import from_addr
-from castore.wrappers.base import WrapperBlobService
 
 __all__ = ["register"]
 
@@ -67,52 +65,6 @@ def _subset(text: str) -> Subset:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
-def _object_store(service: BlobService) -> ObjectStoreBlobService:
-    """The object store under any wrappers, or a failure saying why there is none."""
-    inner = service
-    while isinstance(inner, WrapperBlobService):
-        inner = inner.inner
-    if not isinstance(inner, ObjectStoreBlobService):
-        raise Failure(
-            ExitCode.STORE_FAILED,
-            f"cannot check {type(inner).__name__}: check runs on an object store "
-            "(objectstore+… URL); run it where the storage is",
-        )
-    return inner
-
-
-class _Status:
-    """A one-line status on a terminal (phase and count), redrawn at most 10 times a second."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        try:
-            self.enabled = stream.isatty()
-        except (AttributeError, ValueError):
-            self.enabled = False
-        self._last = 0.0
-        self._drawn = False
-
-    def __call__(self, phase: str, done: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self._last < 0.1:
-            return
-        self._last = now
-        self.stream.write(f"\r\x1b[Kcheck: {phase} {done}")
-        self.stream.flush()
-        self._drawn = True
-
-    def clear(self) -> None:
-        if self._drawn:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._drawn = False
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
 def _problem_line(p: CheckProblem) -> str:
     blob = "" if p.blob is None or p.blob == p.digest else f" (blob {p.blob})"
     repair = "" if p.repair is None else f"  [{'repaired: ' if p.repaired else ''}{p.repair}]"
@@ -121,12 +73,12 @@ def _problem_line(p: CheckProblem) -> str:
 
 def _summary_lines(s: CheckSummary) -> list[str]:
     lines = [
-        f"checked {s.blobs} blobs and {s.chunks} chunks ({_mib(s.chunk_bytes)}); "
-        f"{s.orphans} orphan chunks ({_mib(s.orphan_bytes)})"
+        f"checked {s.blobs} blobs and {s.chunks} chunks ({mib(s.chunk_bytes)}); "
+        f"{s.orphans} orphan chunks ({mib(s.orphan_bytes)})"
     ]
     if s.read_data:
         subset = "" if s.subset is None else f" (subset {s.subset})"
-        lines.append(f"read and verified {s.chunks_read} chunks ({_mib(s.bytes_read)}){subset}")
+        lines.append(f"read and verified {s.chunks_read} chunks ({mib(s.bytes_read)}){subset}")
     if not s.problems:
         lines.append("no problems found")
         return lines
@@ -145,9 +97,9 @@ async def run(args: argparse.Namespace) -> int:
     """Run the check; print problems as found, then the summary."""
     subset: Subset | None = args.read_data_subset
     read_data = bool(args.read_data or subset is not None)
-    status = _Status(sys.stderr)
+    status = Status("check", sys.stderr)
     async with await open_store(args) as service:
-        store = _object_store(service)
+        store = object_store_of(service, "check", "check")
         source: BlobService | None = None
         if args.repair_from is not None:
             try:

@@ -12,18 +12,15 @@ import argparse
 import json
 import re
 import sys
-import time
-from typing import TextIO
 
-from castore.blobservice import BlobService
 from castore.cli._command import Parser, Subparsers
 from castore.cli._errors import ExitCode, Failure
-from castore.cli._store import open_store
+from castore.cli._progress import Status, mib
+from castore.cli._store import object_store_of, open_store
 from castore.errors import GcLeaseError
-from castore.objectstore import GcReport, ObjectStoreBlobService
+from castore.objectstore import GcReport
 from castore.objectstore._gc import DEFAULT_GRACE
 from castore.objectstore._gc_state import MIN_GRACE
-from castore.wrappers.base import WrapperBlobService
 
 __all__ = ["parse_duration", "register"]
 
@@ -85,52 +82,6 @@ def register(sub: Subparsers, common: Parser) -> None:
     p.set_defaults(handler=run)
 
 
-def _object_store(service: BlobService) -> ObjectStoreBlobService:
-    inner = service
-    while isinstance(inner, WrapperBlobService):
-        inner = inner.inner
-    if not isinstance(inner, ObjectStoreBlobService):
-        raise Failure(
-            ExitCode.STORE_FAILED,
-            f"cannot collect garbage in {type(inner).__name__}: gc runs on an object store "
-            "(objectstore+… URL); run it where the storage is",
-        )
-    return inner
-
-
-class _Status:
-    """A one-line status on a terminal (phase and count), redrawn at most 10 times a second."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        try:
-            self.enabled = stream.isatty()
-        except (AttributeError, ValueError):
-            self.enabled = False
-        self._last = 0.0
-        self._drawn = False
-
-    def __call__(self, phase: str, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self._last < 0.1:
-            return
-        self._last = now
-        of = "" if total is None else f"/{total}"
-        self.stream.write(f"\r\x1b[Kgc: {phase} {done}{of}")
-        self.stream.flush()
-        self._drawn = True
-
-    def clear(self) -> None:
-        if self._drawn:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._drawn = False
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
 def _span(seconds: float) -> str:
     if seconds >= 86400:
         return f"{seconds / 86400:.1f} d"
@@ -144,18 +95,18 @@ def _span(seconds: float) -> str:
 def report_lines(r: GcReport) -> list[str]:
     """The report in words, one fact a line."""
     would = "would be " if r.dry_run else ""
-    lines = [f"read {r.indexes} blob indexes; {r.kept} chunks kept ({_mib(r.kept_bytes)})"]
+    lines = [f"read {r.indexes} blob indexes; {r.kept} chunks kept ({mib(r.kept_bytes)})"]
     if r.swept:
         gens = ", ".join(str(g) for g in r.swept)
         lines.append(
             f"swept generation {gens}: {r.deleted} chunks {would}deleted "
-            f"({_mib(r.deleted_bytes)}), {r.rescued} rescued ({_mib(r.rescued_bytes)})"
+            f"({mib(r.deleted_bytes)}), {r.rescued} rescued ({mib(r.rescued_bytes)})"
         )
     if r.generation is not None or (r.dry_run and r.condemned):
         which = "" if r.generation is None else f" generation {r.generation}"
         verb = "would condemn" if r.dry_run else "condemned"
         lines.append(
-            f"{verb}{which}: {r.condemned} chunks ({_mib(r.condemned_bytes)}); a run "
+            f"{verb}{which}: {r.condemned} chunks ({mib(r.condemned_bytes)}); a run "
             f"{_span(r.grace)} from now deletes those still unnamed"
         )
     if r.pending is not None and r.pending != r.generation and r.due_in is not None:
@@ -170,9 +121,9 @@ async def run(args: argparse.Namespace) -> int:
     """One collector run; print its report (``--json``: one object)."""
     if args.grace < MIN_GRACE:
         raise Failure(ExitCode.USAGE, f"--grace must be at least {MIN_GRACE:g}s")
-    status = _Status(sys.stderr)
+    status = Status("gc", sys.stderr)
     async with await open_store(args) as service:
-        store = _object_store(service)
+        store = object_store_of(service, "gc", "collect garbage in")
         try:
             report = await store.collect_garbage(
                 grace=args.grace, min_age=args.min_age, dry_run=args.dry_run, progress=status

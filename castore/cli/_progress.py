@@ -1,4 +1,5 @@
-"""The progress bar that ``put`` and ``get`` draw on a terminal for large blobs."""
+"""What commands draw on a terminal while they work: the progress bar of ``put`` and
+``get`` for large blobs, and the status line of ``gc`` and ``check``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-__all__ = ["PROGRESS_MIN", "Progress"]
+__all__ = ["PROGRESS_MIN", "Progress", "Status", "mib"]
 
 #: Inputs at least this large get a progress bar (when stderr is a terminal).
 PROGRESS_MIN = 16 * 1024 * 1024
@@ -74,3 +75,44 @@ class Progress:
         self.stream.write("\r\x1b[K" + text)
         self.stream.flush()
         self._drawn = True
+
+
+def mib(n: int) -> str:
+    """``n`` bytes in MiB, one decimal."""
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+class Status:
+    """A one-line status on a terminal (``label: phase done[/total]``), redrawn at most
+    10 times a second; a no-op when ``stream`` is not a terminal.
+
+    An instance is the ``progress`` callback of a long store operation: it is called
+    with the phase, the count done and, where known, the total.
+    """
+
+    def __init__(self, label: str, stream: TextIO) -> None:
+        self.label = label
+        self.stream = stream
+        try:
+            self.enabled = stream.isatty()
+        except (AttributeError, ValueError):
+            self.enabled = False
+        self._last = 0.0
+        self._drawn = False
+
+    def __call__(self, phase: str, done: int, total: int | None = None) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.1:
+            return
+        self._last = now
+        of = "" if total is None else f"/{total}"
+        self.stream.write(f"\r\x1b[K{self.label}: {phase} {done}{of}")
+        self.stream.flush()
+        self._drawn = True
+
+    def clear(self) -> None:
+        """Erase the line (what the command prints next takes its place)."""
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._drawn = False

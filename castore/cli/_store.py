@@ -18,7 +18,9 @@ from castore._digest import B3Digest
 from castore.blobservice import BlobService
 from castore.cli._errors import ExitCode, Failure
 from castore.errors import InvalidAddressError, InvalidDigestError
+from castore.objectstore import ObjectStoreBlobService
 from castore.registry import from_addr
+from castore.wrappers.base import WrapperBlobService
 
 __all__ = [
     "PIECE",
@@ -26,6 +28,7 @@ __all__ = [
     "add_store_options",
     "default_store_path",
     "default_store_url",
+    "object_store_of",
     "open_store",
     "parse_digest",
     "store_url",
@@ -120,3 +123,18 @@ def parse_digest(text: str) -> B3Digest:
         return B3Digest.parse(text)
     except InvalidDigestError as e:
         raise Failure(ExitCode.BAD_DIGEST, f"bad digest: {e}") from e
+
+
+def object_store_of(service: BlobService, command: str, doing: str) -> ObjectStoreBlobService:
+    """The object store under any wrappers of ``service``, or a failure saying that
+    ``command`` (``"gc"``), which is to ``doing`` (``"collect garbage in"``), needs one."""
+    inner = service
+    while isinstance(inner, WrapperBlobService):
+        inner = inner.inner
+    if not isinstance(inner, ObjectStoreBlobService):
+        raise Failure(
+            ExitCode.STORE_FAILED,
+            f"cannot {doing} {type(inner).__name__}: {command} runs on an object store "
+            "(objectstore+… URL); run it where the storage is",
+        )
+    return inner
