@@ -15,7 +15,9 @@ too), single-threaded, on the whole data set, with castore's parameters:
   temporary folder. zstd is timed in both loops, because the memory store keeps every
   frame, so that each compression writes fresh memory (on these VMs first touch costs
   ~1 s/GiB), while frames written to disk are dropped and their memory reused;
-- the read side, again one loop over the chunks: ``obstore.get`` from each store, zstd
+- the read side, again one loop over the chunks: the get from each store (``obstore.get``
+  from memory; from local disk a plain read of the chunk's file, as castore reads a
+  local store: ``open``, ``fstat``, one ``read``), zstd
   decompression, BLAKE3 of the decompressed chunk (verification). The whole-blob BLAKE3
   counts on this side too: a reader checks it on every read of a whole blob in order.
 
@@ -120,6 +122,15 @@ def _chunk_key(digest: bytes) -> str:
 STORES = ("memory", "file")
 
 
+def _read_local(folder: pathlib.Path, key: str) -> bytes:
+    """A chunk's file in a local store's folder, read the way castore reads it."""
+    fd = os.open(folder / key, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
 def measure_limits(name: str, data: bytes, work: pathlib.Path, repeat: int = 3) -> Limits:
     """Measure every stage on ``data`` (see the module docstring); files go under ``work``."""
     gib = len(data) / GIB
@@ -195,7 +206,7 @@ def measure_limits(name: str, data: bytes, work: pathlib.Path, repeat: int = 3) 
             t0 = clock()
             frame_m = obstore.get(memory, key).bytes()
             t1 = clock()
-            frame_f = obstore.get(local, key).bytes()
+            frame_f = _read_local(folder, key)
             t2 = clock()
             plain = dctx.decompress(memoryview(frame_m))
             t3 = clock()
