@@ -433,6 +433,37 @@ async def test_a_server_that_stops_mid_stream_is_a_timeout() -> None:
         assert await client.get(digest) == data
 
 
+async def test_a_slow_stream_that_keeps_moving_is_not_a_timeout() -> None:
+    """The client's timeout bounds each wait for the next message of a blob streamed
+    whole, not the whole stream: 24 messages 0.08 s apart take longer than the 1 s
+    timeout and arrive whole (past the 1 MiB the client reads while it opens the blob).
+    Cancelling the reading task meanwhile is a cancellation,
+    not a timeout, and the reader starts a fresh stream afterwards."""
+    data = pseudo_random_bytes(24 << 16, seed=54)
+    faulty = FaultyBlobService(MemoryBlobService())
+    digest = await faulty.inner.put(data)
+    async with (
+        serve(faulty, read_message_size=64 << 10) as running,
+        from_addr(f"{running.url}?timeout=1") as client,
+    ):
+        faulty.plan("read", Fault.DELAY, rate=1.0, delay=0.08)
+        started = time.monotonic()
+        reader = await client.open_read(digest)
+        assert reader is not None
+        async with reader:
+            assert await reader.read() == data
+        assert time.monotonic() - started > 1.5  # longer than the timeout, as planned
+
+        reader = await client.open_read(digest)
+        assert reader is not None
+        async with reader:
+            with anyio.move_on_after(0.3) as scope:
+                await reader.read()
+            assert scope.cancelled_caught
+            faulty.clear()
+            assert await reader.read() == data
+
+
 @pytest.mark.parametrize("op", ["get", "exists", "put"])
 @pytest.mark.parametrize("fault", [Fault.ERROR, Fault.TIMEOUT])
 async def test_injected_errors_are_castore_errors(op: str, fault: Fault) -> None:

@@ -10,11 +10,11 @@ matched, so that wrong data raises instead of completing silently.
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-import anyio
 import blake3
 import grpc
 import grpc.aio
@@ -45,6 +45,14 @@ class ReadCall:
         self._idle = idle
         self._first: bytes | None = None
         self._ended = False
+        # The idle watchdog: one timer per call, not a cancel scope per message (which
+        # cost 9-28 µs a message, 0.04-0.1 ms of CPU a MiB). Each wait moves _due; the
+        # timer, when it fires, re-arms itself for _due if messages came meanwhile, and
+        # cancels the call if the current wait has passed it.
+        self._due = 0.0
+        self._waiting = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._idled = False
 
     @classmethod
     async def start(
@@ -68,8 +76,10 @@ class ReadCall:
         if self._ended:
             return None
         try:
-            with anyio.fail_after(self._idle):
+            if self._idle is None:
                 message = await self._call.read()
+            else:
+                message = await self._watched_read(self._idle)
             if message is grpc.aio.EOF:
                 self._ended = True  # a clean end: an error status would have raised
                 return None
@@ -78,6 +88,35 @@ class ReadCall:
         except BaseException:
             self.cancel()
             raise
+
+    async def _watched_read(self, idle: float) -> object:
+        """The call's next message, or :class:`TimeoutError` after ``idle`` seconds."""
+        loop = asyncio.get_running_loop()
+        self._due = loop.time() + idle
+        if self._timer is None:
+            self._timer = loop.call_at(self._due, self._watch)
+        self._waiting = True
+        try:
+            return await self._call.read()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._idled and (task is None or not task.cancelling()):
+                # The watchdog cancelled the call, not someone this task: a timeout.
+                raise TimeoutError(f"no message for {idle} s") from None
+            raise
+        finally:
+            self._waiting = False
+
+    def _watch(self) -> None:
+        self._timer = None
+        if not self._waiting or self._ended:
+            return  # the next wait arms a new timer
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._due:
+            self._timer = loop.call_at(self._due, self._watch)
+            return
+        self._idled = True
+        self._call.cancel()
 
     async def next(self) -> bytes | None:
         """The next message's payload; ``None`` at a clean end."""
@@ -89,6 +128,9 @@ class ReadCall:
     def cancel(self) -> None:
         """Abandon the call (the server sees a reset stream). Never raises."""
         self._ended = True
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         self._call.cancel()
 
 
