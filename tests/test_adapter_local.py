@@ -78,6 +78,21 @@ def test_obstore_staging_files_are_not_objects(
         assert adapter._local_path(key) is None, key
 
 
+def test_a_relative_folder_is_read_through_obstore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # obstore resolves a relative folder when the store is made; a later chdir must not
+    # send direct reads elsewhere.
+    monkeypatch.chdir(tmp_path)
+    store = LocalStore("rel", mkdir=True)
+    adapter = ObstoreAdapter(store)
+    obstore.put(store, "chunks/b3/aa/x", b"here")
+    monkeypatch.chdir("/")
+    assert adapter._local_path("chunks/b3/aa/x") is None
+    assert bytes(adapter.get("chunks/b3/aa/x") or b"") == b"here"
+    assert adapter.exists("chunks/b3/aa/x")
+
+
 def test_a_broken_folder_is_a_store_error(tmp_path: Path) -> None:
     # A loop of symlinks where the store's folder should be: not absent, an error.
     (tmp_path / "a").symlink_to(tmp_path / "b")

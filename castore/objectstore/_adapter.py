@@ -191,7 +191,9 @@ class ObstoreAdapter(StoreAdapter):
         # A local store's folder: gets and existence checks of plain keys read the file
         # system directly (docs/architecture.md, "Local disk"): the same files obstore
         # reads, at a quarter of the CPU of a call through its runtime.
-        self._root = str(store.prefix) if isinstance(store, LocalStore) else None
+        # A relative folder is left to obstore, which resolved it when the store was made.
+        root = str(store.prefix) if isinstance(store, LocalStore) else None
+        self._root = root if root is not None and os.path.isabs(root) else None
         # Conditional creates are not supported everywhere (HTTP/WebDAV); fall back to
         # a HEAD followed by a plain put once the store has said so.
         self._create_supported = True
