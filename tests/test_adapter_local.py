@@ -43,6 +43,30 @@ def test_reads_what_obstore_wrote(local: tuple[LocalStore, ObstoreAdapter], key:
     assert bytes(obstore.get(store, key).bytes()) == data  # the same object both ways
 
 
+def test_transient_gets_reuse_one_buffer_a_thread(
+    local: tuple[LocalStore, ObstoreAdapter],
+) -> None:
+    store, adapter = local
+    small = [os.urandom(n) for n in (1000, 300_000, 1 << 20, 5)]
+    big = os.urandom(5 << 20)  # over the size read into the thread's buffer
+    for i, data in enumerate([*small, big]):
+        obstore.put(store, f"chunks/{i}", data)
+    views = []
+    for i, data in enumerate(small):
+        got = adapter.get_transient(f"chunks/{i}")
+        assert got is not None and bytes(got) == data
+        views.append(got)
+    # The small ones shared the thread's buffer: the first view now shows other bytes.
+    assert bytes(views[0]) != small[0]
+    got = adapter.get_transient("chunks/4")
+    assert isinstance(got, bytes) and got == big
+    assert adapter.get_transient("chunks/missing") is None
+    # get() always returns bytes of their own.
+    first = adapter.get("chunks/0")
+    adapter.get("chunks/1")
+    assert first == small[0]
+
+
 def test_empty_object_and_sizes(local: tuple[LocalStore, ObstoreAdapter]) -> None:
     store, adapter = local
     for n in (0, 1, 4095, 4096, 1 << 20, (1 << 20) + 3):

@@ -242,16 +242,17 @@ class ObjectStoreBlobService(BlobService):
         """
         return self.timeout
 
-    def _chunk_frame(self, meta: ChunkMeta) -> Buffer:
+    def _chunk_frame(self, meta: ChunkMeta, *, transient: bool = False) -> Buffer:
         key = self._layout.chunk(meta.digest.digest)
-        frame = self._adapter.get(key)
+        frame = (self._adapter.get_transient if transient else self._adapter.get)(key)
         if frame is None:
             raise BlobNotFoundError(f"chunk {meta.digest.hex()} is missing ({key})")
         return frame
 
     def load_chunk(self, meta: ChunkMeta) -> Buffer:
-        """Chunk ``meta``'s zstd frame, fetched from the store; blocking."""
-        return self._chunk_frame(meta)
+        """Chunk ``meta``'s zstd frame, fetched from the store; blocking. Valid until this
+        thread's next ``load_chunk`` (:meth:`StoreAdapter.get_transient`)."""
+        return self._chunk_frame(meta, transient=True)
 
     def decode_chunk_into(self, meta: ChunkMeta, stored: Buffer, out: memoryview) -> None:
         """Decompress a chunk frame into ``out`` (bounded by its length) and verify it."""

@@ -80,6 +80,10 @@ class ThreadChunkSource(ChunkSource, Protocol):
     def load_chunk(self, meta: ChunkMeta) -> Buffer:
         """Chunk ``meta`` as stored (compressed, say); blocking, in a worker thread.
 
+        The reader passes what this returns to :meth:`decode_chunk_into` before the same
+        thread loads the next chunk, and keeps no reference to it afterwards: a source
+        may return memory of the thread's own that its next call reuses.
+
         Raises :class:`~castore.errors.BlobNotFoundError` when it is not stored.
         """
         ...
