@@ -16,10 +16,11 @@ The figures (cases run, faults injected) are printed with ``-s`` and quoted in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import anyio.lowlevel
@@ -28,7 +29,13 @@ import pytest
 from helpers import index_keys, write_in_pieces
 from obstore.store import MemoryStore
 
-from castore import B3Digest, GRPCBlobService, MemoryBlobService, ObjectStoreBlobService
+from castore import (
+    B3Digest,
+    BlobService,
+    GRPCBlobService,
+    MemoryBlobService,
+    ObjectStoreBlobService,
+)
 from castore.errors import (
     BlobNotFoundError,
     CastoreError,
@@ -411,16 +418,24 @@ async def test_a_hung_store_behind_grpc_is_a_timeout(stored: MemoryStore) -> Non
             assert await client.get(DIGEST) == DATA
 
 
-async def test_a_server_that_stops_mid_stream_is_a_timeout() -> None:
-    """A blob streamed whole (no chunk list): the server's backend hangs after the first
-    message; the client's reader gives up after its timeout instead of waiting for ever."""
-    data = pseudo_random_bytes(3 << 20, seed=53)
+@contextlib.asynccontextmanager
+async def _streaming(data: bytes) -> AsyncIterator[tuple[FaultyBlobService, B3Digest, BlobService]]:
+    """A server over a faulty memory store holding ``data`` (no chunk list: ``Read``
+    streams it whole, in 64 KiB messages), and a client with a 1 s timeout."""
     faulty = FaultyBlobService(MemoryBlobService())
     digest = await faulty.inner.put(data)
     async with (
         serve(faulty, read_message_size=64 << 10) as running,
         from_addr(f"{running.url}?timeout=1") as client,
     ):
+        yield faulty, digest, client
+
+
+async def test_a_server_that_stops_mid_stream_is_a_timeout() -> None:
+    """A blob streamed whole (no chunk list): the server's backend hangs after the first
+    message; the client's reader gives up after its timeout instead of waiting for ever."""
+    data = pseudo_random_bytes(3 << 20, seed=53)
+    async with _streaming(data) as (faulty, digest, client):
         faulty.plan("read", Fault.HANG, nth=20)
         reader = await client.open_read(digest)
         assert reader is not None
@@ -437,15 +452,10 @@ async def test_a_slow_stream_that_keeps_moving_is_not_a_timeout() -> None:
     """The client's timeout bounds each wait for the next message of a blob streamed
     whole, not the whole stream: 24 messages 0.08 s apart take longer than the 1 s
     timeout and arrive whole (past the 1 MiB the client reads while it opens the blob).
-    Cancelling the reading task meanwhile is a cancellation,
-    not a timeout, and the reader starts a fresh stream afterwards."""
+    Cancelling the reading task meanwhile is a cancellation, not a timeout, and the
+    reader starts a fresh stream afterwards."""
     data = pseudo_random_bytes(24 << 16, seed=54)
-    faulty = FaultyBlobService(MemoryBlobService())
-    digest = await faulty.inner.put(data)
-    async with (
-        serve(faulty, read_message_size=64 << 10) as running,
-        from_addr(f"{running.url}?timeout=1") as client,
-    ):
+    async with _streaming(data) as (faulty, digest, client):
         faulty.plan("read", Fault.DELAY, rate=1.0, delay=0.08)
         started = time.monotonic()
         reader = await client.open_read(digest)
