@@ -246,11 +246,18 @@ class ObstoreAdapter(StoreAdapter):
         return os.path.join(self._root, key)
 
     def get(self, key: str) -> Buffer | None:
+        return self._get(key, None)
+
+    def get_transient(self, key: str) -> Buffer | None:
+        return self._get(key, _scratch)
+
+    def _get(self, key: str, scratch: _Scratch | None) -> Buffer | None:
+        """A get; on a local store read from the file, into ``scratch`` when given."""
         with map_store_errors("reading", key):
             path = self._local_path(key)
             try:
                 if path is not None:
-                    return _read_file(path)
+                    return _read_file(path, scratch)
                 return obstore.get(self.store, key).bytes()
             except (FileNotFoundError, NotADirectoryError):
                 return None
@@ -261,16 +268,6 @@ class ObstoreAdapter(StoreAdapter):
                 result = await obstore.get_async(self.store, key)
                 return await result.bytes_async()
             except FileNotFoundError:
-                return None
-
-    def get_transient(self, key: str) -> Buffer | None:
-        path = self._local_path(key)
-        if path is None:
-            return self.get(key)
-        with map_store_errors("reading", key):
-            try:
-                return _read_file(path, _scratch)
-            except (FileNotFoundError, NotADirectoryError):
                 return None
 
     def exists(self, key: str) -> bool:

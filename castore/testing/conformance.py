@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from castore._digest import EMPTY_DIGEST, B3Digest
-from castore.blobservice import BlobInfo, BlobService
+from castore.blobservice import BlobInfo, BlobReader, BlobService
 from castore.errors import (
     InvalidDigestError,
     UnsupportedOperationError,
@@ -42,7 +42,7 @@ from castore.errors import (
 )
 from castore.testing.fixtures import BLOB_A, BLOB_A_DIGEST, BLOB_B, BLOB_B_DIGEST
 
-__all__ = ["BlobServiceConformance", "pseudo_random_bytes"]
+__all__ = ["BlobServiceConformance", "check_reader_op", "pseudo_random_bytes"]
 
 MISSING = B3Digest.of(b"castore conformance: never written")
 
@@ -50,6 +50,54 @@ MISSING = B3Digest.of(b"castore conformance: never written")
 def pseudo_random_bytes(n: int, seed: int = 0) -> bytes:
     """``n`` incompressible bytes, reproducible from ``seed``."""
     return random.Random(seed).randbytes(n)
+
+
+async def check_reader_op(
+    reader: BlobReader,
+    data: bytes,
+    pos: int,
+    op: tuple[str, int],
+    *,
+    past_end: bool | None = None,
+) -> int:
+    """Apply one step to ``reader`` over the blob ``data``, with the cursor at ``pos``,
+    check what it returned against ``data``, and return the new cursor.
+
+    Steps: ``("read", n)`` (``-1`` reads to the end), ``("readinto", size)`` (into a
+    buffer of ``size`` bytes, whose unwritten tail must stay as it was) and
+    ``("seekW", offset)`` with ``W`` the ``whence`` (0, 1 or 2). A seek before the start
+    must raise ``ValueError``; a seek past the end must succeed with ``past_end=True``,
+    raise with ``False`` and may do either with ``None``.
+    """
+    kind, arg = op
+    if kind == "read":
+        got = await reader.read(arg)
+        assert got == (data[pos:] if arg < 0 else data[pos : pos + arg])
+        pos += len(got)
+    elif kind == "readinto":
+        buf = bytearray(b"\xee" * arg)
+        n = await reader.readinto(buf)
+        assert bytes(buf[:n]) == data[pos : pos + arg]
+        assert buf[n:] == b"\xee" * (arg - n)
+        pos += n
+    else:
+        whence = int(kind[-1])
+        target = [arg, pos + arg, len(data) + arg][whence]
+        if target < 0 or (target > len(data) and past_end is False):
+            with pytest.raises(ValueError):
+                await reader.seek(arg, whence)
+        elif target > len(data) and past_end is None:
+            # Plain cursors allow it (then read b""); chunked readers raise.
+            try:
+                assert await reader.seek(arg, whence) == target
+                pos = target
+            except ValueError:
+                pass
+        else:
+            assert await reader.seek(arg, whence) == target
+            pos = target
+    assert reader.tell() == pos
+    return pos
 
 
 class _Boom(Exception):
@@ -318,6 +366,7 @@ class BlobServiceConformance:
         ops=st.lists(
             st.one_of(
                 st.tuples(st.just("read"), st.integers(-1, 600_000)),
+                st.tuples(st.just("readinto"), st.integers(0, 600_000)),
                 st.tuples(st.just("seek0"), st.integers(0, 2_200_000)),
                 st.tuples(st.just("seek1"), st.integers(-1_500_000, 1_500_000)),
                 st.tuples(st.just("seek2"), st.integers(-2_200_000, 10)),
@@ -336,29 +385,8 @@ class BlobServiceConformance:
         assert reader is not None
         pos = 0
         async with reader:
-            for kind, arg in ops:
-                if kind == "read":
-                    got = await reader.read(arg)
-                    want = data[pos:] if arg < 0 else data[pos : pos + arg]
-                    assert got == want
-                    pos += len(got)
-                else:
-                    whence = int(kind[-1])
-                    target = [arg, pos + arg, len(data) + arg][whence]
-                    if target < 0:
-                        with pytest.raises(ValueError):
-                            await reader.seek(arg, whence)
-                    elif target > len(data):
-                        # Plain cursors allow it (then read b""); chunked readers raise.
-                        try:
-                            assert await reader.seek(arg, whence) == target
-                            pos = target
-                        except ValueError:
-                            pass
-                    else:
-                        assert await reader.seek(arg, whence) == target
-                        pos = target
-                assert reader.tell() == pos
+            for op in ops:
+                pos = await check_reader_op(reader, data, pos, op)
 
     # --- deleting and listing ------------------------------------------------------
 
